@@ -1,0 +1,1 @@
+"""plasmactl: the command line of plasmad, over its Unix socket (JSON-RPC 2.0)."""

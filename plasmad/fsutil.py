@@ -1,0 +1,74 @@
+"""File writing that never leaves a half-written file and never overwrites a user's file.
+
+Blocking: call these through asyncio.to_thread from the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _temp_beside(path: Path, data: bytes) -> Path:
+    """Write `data` to a temp file in the destination's folder (same filesystem: rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def replace_atomic(path: Path, data: bytes) -> None:
+    """Replace (or create) `path` in one step: readers see the old file or the new one, never half."""
+    tmp = _temp_beside(path, data)
+    try:
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def create_new(path: Path, data: bytes) -> bool:
+    """Create `path` with `data` only if nothing is there yet; False if something is.
+
+    link(2) fails when the name exists, so two writers can never both win the same name.
+    """
+    tmp = _temp_beside(path, data)
+    try:
+        os.chmod(tmp, 0o644)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def same_content(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

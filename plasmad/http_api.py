@@ -1,0 +1,141 @@
+"""The HTTP JSON API on 127.0.0.1:3000, for the artist's TypeScript pipeline (GEN-01).
+
+Thin: each view parses the request and calls `Service`. Two middlewares: `guard` refuses what a
+web page in the artist's browser could send (this API takes file paths: a foreign Host is DNS
+rebinding, a foreign Origin is another site, a non-JSON body is a form post), and `errors` turns
+every PlasmaError into its HTTP status and `{"error": {...}}` body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from plasmad.errors import ErrorCode, PlasmaError, invalid
+from plasmad.service import Service
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", Service)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:3000
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _error_response(err: PlasmaError) -> web.Response:
+    return web.json_response({"error": err.to_dict()}, status=err.code.http_status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except PlasmaError as err:
+        return _error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = ErrorCode.NOT_FOUND if exc.status in (404, 405) else ErrorCode.INVALID_INPUT
+        msg = f"{request.method} {request.path}: {exc.reason}"
+        return web.json_response({"error": PlasmaError(code, msg).to_dict()}, status=exc.status)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error_response(PlasmaError(ErrorCode.INTERNAL, "internal error; see plasmad's log"))
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    host = _host_name(request.headers.get("Host", ""))
+    if host not in LOOPBACK_NAMES:
+        raise PlasmaError(ErrorCode.FORBIDDEN, f"Host {host!r} is not a loopback name")
+    origin = request.headers.get("Origin")
+    if origin is not None and (urlparse(origin).hostname or "").lower() not in LOOPBACK_NAMES:
+        raise PlasmaError(ErrorCode.FORBIDDEN, f"requests from {origin} are not accepted")
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        has_type = "Content-Type" in request.headers
+        if (has_type or request.body_exists) and request.content_type != "application/json":
+            raise PlasmaError(
+                ErrorCode.UNSUPPORTED_MEDIA,
+                f"the body must be application/json, not {request.content_type or 'untyped'}",
+            )
+    return await handler(request)
+
+
+async def _body(request: web.Request) -> Any:
+    if not request.body_exists:
+        return {}
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise invalid("body", "is not valid JSON") from None
+
+
+def _svc(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).health())
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).submit(await _body(request)), status=202)
+
+
+async def submit_page(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).submit_page(await _body(request)), status=202)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    params: dict[str, Any] = dict(request.query)
+    return web.json_response(await _svc(request).list_jobs(params))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).get_job(request.match_info["id"]))
+
+
+async def get_job_workflow(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).job_workflow(request.match_info["id"]))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).cancel_job(request.match_info["id"]))
+
+
+async def approve_image(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise invalid("body", "must be a JSON object")
+    return web.json_response(await _svc(request).approve({"image": request.match_info["name"], **body}))
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/health", health),
+        web.post("/jobs", submit_job),
+        web.post("/pages", submit_page),
+        web.get("/jobs", list_jobs),
+        web.get("/jobs/{id}", get_job),
+        web.get("/jobs/{id}/workflow", get_job_workflow),
+        web.post("/jobs/{id}/cancel", cancel_job),
+        web.post("/images/{name}/approve", approve_image),
+    ]
+
+
+def create_app(service: Service, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors, guard], client_max_size=1024 * 1024)
+    app[SERVICE] = service
+    app.add_routes(routes() + (extra_routes or []))
+    return app

@@ -1,0 +1,41 @@
+"""One logging setup for the daemon, built in one place.
+
+Records go through a queue to a listener thread that does the writing, so a slow disk never stalls
+the event loop. The daemon's log is `<state>/logs/plasmad.log`, rotated; it also goes to stderr,
+which launchd / systemd keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import queue
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 5
+
+
+def setup_logging(logs_dir: Path, level: str = "INFO") -> logging.handlers.QueueListener:
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(FORMAT)
+    file_handler = logging.handlers.RotatingFileHandler(
+        logs_dir / "plasmad.log", maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+    )
+    stream_handler = logging.StreamHandler(sys.stderr)
+    for handler in (file_handler, stream_handler):
+        handler.setFormatter(formatter)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(logging.handlers.QueueHandler(records))
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    listener = logging.handlers.QueueListener(
+        records, file_handler, stream_handler, respect_handler_level=True
+    )
+    listener.start()
+    return listener

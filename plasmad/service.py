@@ -1,0 +1,214 @@
+"""The operations of plasmad, implemented once. `http_api` and `rpc` are thin adapters over this
+class, so the HTTP API and the socket API take the same inputs and give the same answers and
+errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from plasmad import pipeline_files
+from plasmad.comfyui import ComfyClient
+from plasmad.config import Config
+from plasmad.errors import ErrorCode, PlasmaError, not_found
+from plasmad.gpu_lock import GpuLock
+from plasmad.job_queue import JobQueue
+from plasmad.models import ApproveParams, GenerateRequest, JobView, ListJobsParams, Progress, dump, parse
+from plasmad.states import JobKind, JobStatus
+from plasmad.store import Job, JobStore
+from plasmad.templates import TemplateSet
+from plasmad.validation import validate_generate
+
+log = logging.getLogger(__name__)
+
+# Internal bookkeeping kept in job.result that the wire view leaves out (the graph is big; it is
+# written beside the image and served by `job_workflow`).
+_PRIVATE_RESULT_KEYS = ("graph", "logExtra")
+
+
+def new_job_id(kind: JobKind) -> str:
+    return f"{'j' if kind == JobKind.GENERATE else 't'}_{secrets.token_hex(6)}"
+
+
+class Service:
+    def __init__(
+        self,
+        cfg: Config,
+        store: JobStore,
+        queue: JobQueue,
+        gpu: GpuLock,
+        comfy: ComfyClient,
+        templates: TemplateSet,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.queue = queue
+        self.gpu = gpu
+        self.comfy = comfy
+        self.templates = templates
+        self.accepting = True
+        self.extra_health: dict[str, Any] = {}
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise PlasmaError(ErrorCode.SHUTTING_DOWN, "plasmad is shutting down and takes no new work")
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    async def submit(self, body: Any) -> dict[str, Any]:
+        """Validate a generation request and queue it; the job is stored before this returns."""
+        self._check_accepting()
+        req = parse(GenerateRequest, body)
+        plan = await validate_generate(req, self.cfg, self.comfy)
+        template = self.templates.get(plan.template)
+        job_id = new_job_id(JobKind.GENERATE)
+        slots = dict(plan.slots)
+        if "filename_prefix" in template.slots:
+            # Each job saves under its own prefix in ComfyUI's output/: no two jobs share a file.
+            slots["filename_prefix"] = f"plasma/{job_id}"
+        state: dict[str, Any] = {
+            "template": plan.template,
+            "graph": template.fill(slots),
+            "width": req.resolution.width if "width" in plan.slots else None,
+            "height": req.resolution.height if "height" in plan.slots else None,
+        }
+        job = Job(
+            id=job_id, kind=JobKind.GENERATE, status=JobStatus.QUEUED, request=plan.request, result=state
+        )
+        await self.store.add(job)
+        self.queue.notify()
+        log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed)
+        return await self.view(job)
+
+    async def submit_page(self, body: Any) -> dict[str, Any]:
+        """`plasmactl generate -c 1 --page 1`: the page's prompt file, plus any overrides, as a job."""
+        if not isinstance(body, dict):
+            raise PlasmaError(ErrorCode.INVALID_INPUT, "body: must be a JSON object", field="body")
+        for name in ("chapter", "page"):
+            if not isinstance(body.get(name), int) or isinstance(body.get(name), bool) or body[name] < 1:
+                raise PlasmaError(
+                    ErrorCode.INVALID_INPUT, f"{name}: a positive number is required", field=name
+                )
+        pipeline = self.cfg.require_pipeline_dir()
+        path = pipeline_files.prompt_file(pipeline, body["chapter"], body["page"])
+        if not path.is_file():
+            raise not_found(f"prompt file {path} (see README: page prompt files)")
+        page = await asyncio.to_thread(pipeline_files.read_page_prompt, path)
+        request = {
+            "prompt": page.prompt,
+            "negativePrompt": page.negative_prompt,
+            "promptFile": str(path.relative_to(pipeline)),
+            **body,
+        }
+        return await self.submit(request)
+
+    async def get_job(self, job_id: Any) -> dict[str, Any]:
+        return await self.view(await self._job(job_id))
+
+    async def _job(self, job_id: Any) -> Job:
+        if not isinstance(job_id, str) or not job_id:
+            raise PlasmaError(ErrorCode.INVALID_INPUT, "id: must be a job id", field="id")
+        job = await self.store.get(job_id)
+        if job is None:
+            raise not_found(f"job {job_id}")
+        return job
+
+    async def list_jobs(self, body: Any) -> list[dict[str, Any]]:
+        params = parse(ListJobsParams, body or {})
+        jobs = await self.store.recent(status=params.status, kind=params.kind, limit=params.limit)
+        return [await self.view(j) for j in jobs]
+
+    async def cancel_job(self, job_id: Any) -> dict[str, Any]:
+        job = await self._job(job_id)
+        return await self.view(await self.queue.cancel(job))
+
+    async def job_workflow(self, job_id: Any) -> dict[str, Any]:
+        job = await self._job(job_id)
+        return dict((job.result or {}).get("graph", {}))
+
+    async def view(self, job: Job) -> dict[str, Any]:
+        result = {k: v for k, v in (job.result or {}).items() if k not in _PRIVATE_RESULT_KEYS}
+        progress = Progress(step=job.step or 0, total=job.total) if job.total else None
+        waiting_for = None
+        if job.status == JobStatus.QUEUED:
+            waiting_for = await self._waiting_for(job)
+        return dump(
+            JobView(
+                id=job.id,
+                kind=job.kind,
+                status=job.status,
+                progress=progress,
+                created_at=job.created_at,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                waiting_for=waiting_for,
+                error=job.error,
+                outputs=list(result.get("outputs", [])),
+                seed=job.request.get("seed"),
+                request=job.request,
+                result=result or None,
+            )
+        )
+
+    async def _waiting_for(self, job: Job) -> str:
+        ahead = sum(
+            1 for j in await self.store.recent(status=JobStatus.QUEUED, limit=1000) if j.seq < job.seq
+        )
+        holder = self.gpu.holder
+        parts = [f"the GPU, held by {holder}" if holder else "the worker"]
+        if ahead:
+            parts.append(f"{ahead} job{'s' if ahead > 1 else ''} ahead")
+        return "; ".join(parts)
+
+    # --- pipeline files ---------------------------------------------------------------------------
+
+    async def approve(self, body: Any) -> dict[str, Any]:
+        params = parse(ApproveParams, body)
+        pipeline = self.cfg.require_pipeline_dir()
+        return await asyncio.to_thread(pipeline_files.approve, pipeline, params.image, params.approved)
+
+    # --- health -----------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        comfy: dict[str, Any] = {"url": self.comfy.base_url}
+        ok, mps = False, False
+        try:
+            stats = await self.comfy.system_stats()
+            ok = True
+            system = stats.get("system", {})
+            devices = stats.get("devices", [])
+            argv = [str(a) for a in system.get("argv", [])]
+            mps = any(d.get("type") == "mps" for d in devices)
+            comfy.update(
+                version=system.get("comfyui_version"),
+                pytorch=system.get("pytorch_version"),
+                devices=[{"name": d.get("name"), "type": d.get("type")} for d in devices],
+                argv=argv,
+                fp32Vae="--fp32-vae" in argv,  # GEN-05: the VAE's precision is a launch flag
+                forceFp16="--force-fp16" in argv,
+            )
+        except PlasmaError as exc:
+            comfy["error"] = exc.message
+        warnings = []
+        if ok and not comfy.get("fp32Vae"):
+            warnings.append("ComfyUI was started without --fp32-vae: the VAE may wash out colours (GEN-05)")
+        if ok and not mps:
+            warnings.append("ComfyUI reports no mps device: generation runs without Apple GPU acceleration")
+        current = self.queue.current
+        return {
+            "status": "ok",
+            "comfyui": ok,
+            "mps": mps,
+            "comfyuiInfo": comfy,
+            "gpu": {"heldBy": self.gpu.holder},
+            "queue": {
+                "queued": await self.store.count(JobStatus.QUEUED),
+                "running": current.id if current else None,
+            },
+            "accepting": self.accepting,
+            "warnings": warnings,
+            **self.extra_health,
+        }
