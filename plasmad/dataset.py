@@ -570,7 +570,10 @@ def find_figures(image: Image.Image, background: RGB | None = None) -> list[Figu
     specks and text labels (much smaller than the tallest figure) dropped. Rows top to bottom,
     left to right within a row."""
     bg = background if background is not None else detect_background(image)
-    mask = _foreground_mask(flatten(image, bg), bg)
+    return _figures_in(_foreground_mask(flatten(image, bg), bg))
+
+
+def _figures_in(mask: Image.Image) -> list[Figure]:
     # Halving with "any pixel set" keeps one-pixel lines visible at every level (an average would not).
     grid, factor = mask, 1
     while max(grid.size) > _SUGGEST_GRID:
@@ -649,13 +652,12 @@ def suggest_crops(sheet_path: Path, spec_dir: Path | None = None) -> Suggestion:
             f"the sheet's border is only {plain:.0%} one colour: figures are found on a plain background, "
             "check the boxes"
         )
-    figures = find_figures(sheet, background)
+    mask = _foreground_mask(flatten(sheet, background), background)
+    figures = _figures_in(mask)
     if not figures:
         raise invalid(
             "sheet", f"found no figures on {sheet_path.name}'s plain background ({colour_hex(background)})"
         )
-    flat = flatten(sheet, background)
-    mask = _foreground_mask(flat, background)
     size = sheet.size
     bg_words = _background_words(background)
     crops: list[Crop] = []
@@ -754,6 +756,12 @@ def _images_in(folder: Path) -> list[Path]:
 
 def is_mirrored_name(path: Path) -> bool:
     return path.stem.lower().endswith(MIRRORED_SUFFIX)
+
+
+def _original_first(path: Path) -> tuple[str, bool]:
+    """Sort key: each original directly followed by its mirrored copy."""
+    stem = path.stem.lower()
+    return stem.removesuffix(MIRRORED_SUFFIX), stem.endswith(MIRRORED_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -863,6 +871,8 @@ def _commit(
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise invalid("name", f"two images would get the same file name: {', '.join(dupes)}")
+    if not planned and not dataset_dir.is_dir():
+        raise not_found(f"dataset {dataset_dir}")
     dataset_dir.mkdir(parents=True, exist_ok=True)
     with _dataset_lock(dataset_dir):
         folder = find_image_dir(dataset_dir, trigger)
@@ -902,6 +912,8 @@ def _commit(
                     )
 
         if folder is None:
+            if not planned:
+                raise not_found(f"a <repeats>_{trigger} folder in {dataset_dir}")
             count = sum(1 for p in planned if p.pixels)
             folder = dataset_dir / repeats_dir_name(repeats or derive_repeats(count), trigger)
             folder.mkdir()
@@ -963,6 +975,14 @@ def build_from_sheet(
         planned += p
         skipped += s
     return _commit(dataset_dir, trigger, planned, skipped, warnings, repeats)
+
+
+def update_repeats(
+    dataset_dir: Path, trigger: str = DEFAULT_TRIGGER, repeats: int | None = None
+) -> BuildResult:
+    """Rename the image folder to the repeat count derived from its images now (or to `repeats`):
+    for after files were removed by hand. build and add do this themselves."""
+    return _commit(dataset_dir, trigger, [], [], [], repeats)
 
 
 def image_name(image_path: Path) -> str:
@@ -1434,7 +1454,7 @@ def contact_sheet(
         raise invalid("thumb", "must be at least 32 px")
     entries: list[tuple[Path, Image.Image | None, str]] = []
     for folder, _, _ in _repeat_dirs(dataset_dir):
-        for path in _images_in(folder):
+        for path in sorted(_images_in(folder), key=_original_first):
             small: Image.Image | None = None
             try:
                 with Image.open(path) as im:

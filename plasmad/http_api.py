@@ -8,7 +8,6 @@ every PlasmaError into its HTTP status and `{"error": {...}}` body.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,7 +76,9 @@ async def _body(request: web.Request) -> Any:
         return {}
     try:
         return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer past Python's digit
+        # limit; RecursionError a body nested deeper than the decoder goes. All are bad input.
         raise invalid("body", "is not valid JSON") from None
 
 

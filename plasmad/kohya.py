@@ -472,6 +472,8 @@ def _failure_reason(exit_code: int | None, signal: int | None, tail: Sequence[st
             return f"the trainer was stopped by signal {signal}"
     if exit_code == 0:
         return "kohya exited without an error but wrote no final LoRA file"
+    if exit_code is None:
+        return "the trainer did not exit, even after SIGKILL"
     return f"kohya exited with code {exit_code}"
 
 
@@ -569,7 +571,7 @@ def safetensors_complete(path: Path) -> bool:
 @dataclass
 class RunResult:
     exit_code: int | None  # None when the process was ended by a signal
-    signal: int | None
+    signal: int | None  # the signal that ended it (not the launcher's child: see the tail)
     cancelled: bool
     killed: bool  # SIGKILL was needed: the group outlived SIGTERM by term_timeout
     tail: list[str]
@@ -712,11 +714,10 @@ async def run_kohya(
         await asyncio.gather(cancel_task, exit_task, *readers, return_exceptions=True)
         await log.close()
 
-    returncode = proc.returncode
-    assert returncode is not None
+    returncode = proc.returncode  # None only if even SIGKILL did not end it (stuck in a driver)
     return RunResult(
-        exit_code=returncode if returncode >= 0 else None,
-        signal=-returncode if returncode < 0 else None,
+        exit_code=returncode if returncode is not None and returncode >= 0 else None,
+        signal=-returncode if returncode is not None and returncode < 0 else None,
         cancelled=cancelled,
         killed=killed,
         tail=parser.tail,

@@ -59,6 +59,8 @@ def read_page_prompt(path: Path) -> PagePrompt:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise invalid("promptFile", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise invalid("promptFile", f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     prompt_lines, negative = [], []
     for line in text.splitlines():
         stripped = line.strip()

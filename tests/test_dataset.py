@@ -19,15 +19,19 @@ WHITE = (255, 255, 255)
 COLOURS = [(200, 60, 40), (40, 120, 200), (60, 160, 70), (150, 70, 170), (220, 160, 30)]
 
 
-def draw_figure(draw: ImageDraw.ImageDraw, x: int, y: int, h: int, colour: tuple[int, int, int]) -> tuple[int, ...]:
+def draw_figure(
+    draw: ImageDraw.ImageDraw, x: int, y: int, h: int, colour: tuple[int, int, int]
+) -> tuple[int, ...]:
     """A standing figure of height h at (x, y) top-left; returns its bounding box. Asymmetric, like
     Spyke: a bracer on one forearm and a pauldron on the other knee."""
     w = int(h * 0.4)
     cx = x + w // 2
     head = int(h * 0.18)
     outline = (20, 20, 20)
-    draw.ellipse((cx - head // 2, y, cx + head // 2, y + head), fill=(240, 200, 170), outline=outline, width=2)
-    draw.polygon([(cx - head // 2, y + 4), (cx, y - 0), (cx + head // 2, y + 4), (cx, y + head // 3)], fill=colour)
+    skin = (240, 200, 170)
+    draw.ellipse((cx - head // 2, y, cx + head // 2, y + head), fill=skin, outline=outline, width=2)
+    hair = [(cx - head // 2, y + 4), (cx, y), (cx + head // 2, y + 4), (cx, y + head // 3)]
+    draw.polygon(hair, fill=colour)
     body_top, body_bottom = y + head + 2, y + int(h * 0.6)
     draw.rectangle((cx - w // 4, body_top, cx + w // 4, body_bottom), fill=colour, outline=outline, width=2)
     draw.rectangle((x, body_top + 4, cx - w // 4, body_top + 14), fill=colour, outline=outline)  # arm
@@ -59,7 +63,7 @@ def make_sheet(path: Path, figures: int, *, background: tuple[int, int, int] = W
     return boxes
 
 
-def filled_spec(sheet: Path, out: Path, *, no_flip: set[str] = frozenset()) -> Path:  # type: ignore[assignment]
+def filled_spec(sheet: Path, out: Path, *, no_flip: frozenset[str] = frozenset()) -> Path:
     """suggest's spec with the placeholders described, as the artist would."""
     suggestion = ds.suggest_crops(sheet, spec_dir=out.parent)
     data = suggestion.spec.model_dump(mode="json")
@@ -113,7 +117,8 @@ def test_caption_format_and_parse() -> None:
 def test_caption_text_from_the_command_line() -> None:
     fields = ds.CaptionFields("upper body", "arms crossed, smiling", "city street")
     assert ds.caption_fields_from_text("upper body, arms crossed, smiling, city street", TRIGGER) == fields
-    assert ds.caption_fields_from_text(f"{TRIGGER}, upper body, arms crossed, smiling, city street", TRIGGER) == fields
+    with_trigger = f"{TRIGGER}, upper body, arms crossed, smiling, city street"
+    assert ds.caption_fields_from_text(with_trigger, TRIGGER) == fields
     with pytest.raises(PlasmaError, match="mirrored"):
         ds.caption_fields_from_text(f"{TRIGGER}, mirrored, upper body, standing, city street", TRIGGER)
     with pytest.raises(PlasmaError, match="needs 3"):
@@ -209,7 +214,7 @@ def test_suggest_on_a_transparent_and_a_coloured_sheet(tmp_path: Path) -> None:
 def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.png"
     make_sheet(sheet, 1)
-    good = {"name": "a", "box": [0, 0, 50, 50], "framing": "close-up", "pose": "standing",
+    good: dict[str, object] = {"name": "a", "box": [0, 0, 50, 50], "framing": "close-up", "pose": "standing",
             "background": "white background"}
 
     def field_of(crops: list[dict[str, object]], **top: object) -> str | None:
@@ -254,7 +259,7 @@ def test_build_refuses_the_placeholders_of_suggest(tmp_path: Path) -> None:
 def test_build_layout_captions_flips_and_opt_out(tmp_path: Path) -> None:
     sheet = tmp_path / "Spyke_Final.png"
     make_sheet(sheet, 4)
-    spec = filled_spec(sheet, tmp_path / "crops.json", no_flip={"fig2-full"})
+    spec = filled_spec(sheet, tmp_path / "crops.json", no_flip=frozenset({"fig2-full"}))
     dataset = tmp_path / "spyke"
     result = ds.build_from_sheet(spec, dataset, TRIGGER)
 
@@ -313,7 +318,8 @@ def test_add_image_renames_the_repeats_folder_without_losing_files(tmp_path: Pat
     sheet = tmp_path / "sheet.png"
     make_sheet(sheet, 4)
     dataset = tmp_path / "spyke"
-    ds.build_from_sheet(filled_spec(sheet, tmp_path / "crops.json", no_flip={"fig2-full"}), dataset, TRIGGER)
+    spec = filled_spec(sheet, tmp_path / "crops.json", no_flip=frozenset({"fig2-full"}))
+    ds.build_from_sheet(spec, dataset, TRIGGER)
     assert image_dir(dataset).name == "13_spyke_plasma_v1"
     files_before = {p.name for p in image_dir(dataset).iterdir()}
 
@@ -323,7 +329,8 @@ def test_add_image_renames_the_repeats_folder_without_losing_files(tmp_path: Pat
     extra.save(source, quality=95)
     result = ds.add_image(dataset, source, "full body, running, looking back, city street", TRIGGER)
     assert (result.images, result.previous_repeats, result.repeats) == (25, 13, 12)
-    assert result.image_dir == dataset / "12_spyke_plasma_v1" and not (dataset / "13_spyke_plasma_v1").exists()
+    assert result.image_dir == dataset / "12_spyke_plasma_v1"
+    assert not (dataset / "13_spyke_plasma_v1").exists()
     names = {p.name for p in result.image_dir.iterdir()}
     assert files_before <= names
     assert names - files_before == {"gemini-run-02.png", "gemini-run-02.txt", "gemini-run-02-mirrored.png",
@@ -340,9 +347,17 @@ def test_add_image_renames_the_repeats_folder_without_losing_files(tmp_path: Pat
     with pytest.raises(PlasmaError, match="same pixels"):
         ds.add_image(dataset, source, "full body, running, city street", TRIGGER, name="copy")
     # An explicit repeat count wins, and is a rename too.
-    pinned = ds.add_image(dataset, source, "full body, running, looking back, city street", TRIGGER, repeats=5)
+    caption = "full body, running, looking back, city street"
+    pinned = ds.add_image(dataset, source, caption, TRIGGER, repeats=5)
     assert pinned.image_dir.name == "5_spyke_plasma_v1" and len(list(pinned.image_dir.glob("*.png"))) == 25
     assert not list(dataset.rglob("*.tmp"))
+
+    # Files removed by hand: update_repeats re-derives the count from what is left.
+    for stale in pinned.image_dir.glob("gemini-run-02*"):
+        stale.unlink()
+    relaid = ds.update_repeats(dataset, TRIGGER)
+    assert (relaid.previous_repeats, relaid.repeats, relaid.images) == (5, 13, 23)
+    assert {p.name for p in relaid.image_dir.iterdir()} == files_before
 
 
 def test_add_image_skips_the_flip_of_a_symmetric_picture_and_opt_out(tmp_path: Path) -> None:
@@ -357,7 +372,8 @@ def test_add_image_skips_the_flip_of_a_symmetric_picture_and_opt_out(tmp_path: P
     assert result.images == 1 and result.repeats == 300
     other = tmp_path / "other.png"
     Image.new("RGB", (100, 512), (0, 0, 0)).save(other)
-    result = ds.add_image(tmp_path / "spyke", other, "close-up, standing, black background", TRIGGER, flip=False)
+    caption = "close-up, standing, black background"
+    result = ds.add_image(tmp_path / "spyke", other, caption, TRIGGER, flip=False)
     assert result.images == 2 and result.image_dir.name == "150_spyke_plasma_v1"
 
 
@@ -478,7 +494,8 @@ def test_check_without_any_image_folder(tmp_path: Path) -> None:
     report = ds.check_dataset(tmp_path / "nothing", TRIGGER)
     assert kinds(report) == {ds.ProblemKind.LAYOUT, ds.ProblemKind.COUNT}
     (tmp_path / "empty").mkdir()
-    assert kinds(ds.check_dataset(tmp_path / "empty", TRIGGER)) == {ds.ProblemKind.LAYOUT, ds.ProblemKind.COUNT}
+    report = ds.check_dataset(tmp_path / "empty", TRIGGER)
+    assert kinds(report) == {ds.ProblemKind.LAYOUT, ds.ProblemKind.COUNT}
 
 
 # ---------------------------------------------------------------------------------- regularisation
@@ -562,7 +579,7 @@ def test_contact_sheet(dataset: Path, tmp_path: Path) -> None:
     # 30 images in 6 columns of 160 px + 8 px gaps, 5 rows with their captions.
     assert sheet.width == 8 + 6 * 168 and sheet.height > 5 * 168
     assert sheet.getpixel((sheet.width - 2, sheet.height - 2)) == WHITE
-    assert ds.contact_sheet(dataset) == dataset / "contact-sheet-2.png"  # never overwritten
+    assert ds.contact_sheet(dataset, thumb=48) == dataset / "contact-sheet-2.png"  # never overwritten
     explicit = tmp_path / "mine.png"
     assert ds.contact_sheet(dataset, explicit, thumb=64) == explicit
     with pytest.raises(PlasmaError) as exc:

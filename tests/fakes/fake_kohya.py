@@ -10,7 +10,7 @@ reads only --output_dir and --output_name from it.
 
 Environment:
   FAKE_KOHYA_CASE         success | no_data | sigkill | bad_checkpoint | cpu_oom (default success)
-  FAKE_KOHYA_FIXTURES     the fixture folder (default: <repo>/../shared/fixtures/kohya)
+  FAKE_KOHYA_FIXTURES     the fixture folder (default: <repo>/tests/fixtures/kohya)
   FAKE_KOHYA_DELAY        seconds between pieces of output (default 0.002: a run takes < 1 s)
   FAKE_KOHYA_SLOW         1: also sleep FAKE_KOHYA_STEP_DELAY seconds (default 1) before each
                           training step, so that a test can cancel mid-training
@@ -47,12 +47,10 @@ STEP_FILE = re.compile(rb"-step(\d+)\.safetensors")
 
 
 def fixtures_dir() -> Path:
+    """The captured runs, copied into the repo from shared/fixtures/kohya (byte for byte)."""
     if env := os.environ.get("FAKE_KOHYA_FIXTURES"):
         return Path(env)
-    for candidate in (REPO_ROOT.parent / "shared", REPO_ROOT / "shared"):
-        if (candidate / "fixtures" / "kohya").is_dir():
-            return candidate / "fixtures" / "kohya"
-    return REPO_ROOT.parent / "shared" / "fixtures" / "kohya"
+    return REPO_ROOT / "tests" / "fixtures" / "kohya"
 
 
 def record_signals(role: str) -> None:
@@ -110,13 +108,17 @@ def replay(case_dir: Path, output_dir: Path, output_name: str) -> int:
     stdout = (case_dir / "stdout.log").read_bytes()
     stderr = (case_dir / "stderr.log").read_bytes()
     exit_code = int((case_dir / "exit_code").read_text().strip())
-    files = [line.strip() for line in (case_dir / "files_written.txt").read_text().splitlines() if line.strip()]
+    files = [
+        line.strip() for line in (case_dir / "files_written.txt").read_text().splitlines() if line.strip()
+    ]
     self_kill = os.environ.get("FAKE_KOHYA_SELF_KILL") == "1"
     if self_kill and LAUNCHER_TRACEBACK in stderr:
         stderr = stderr[: stderr.index(LAUNCHER_TRACEBACK)]
 
     delay = float(os.environ.get("FAKE_KOHYA_DELAY", "0.002"))
-    step_delay = float(os.environ.get("FAKE_KOHYA_STEP_DELAY", "1")) if os.environ.get("FAKE_KOHYA_SLOW") else 0
+    step_delay = (
+        float(os.environ.get("FAKE_KOHYA_STEP_DELAY", "1")) if os.environ.get("FAKE_KOHYA_SLOW") else 0
+    )
     rng = random.Random(0)
     output_dir.mkdir(parents=True, exist_ok=True)
     # The capture named its LoRA spyke_plasma_v1 in /home/artist/...: use the names we were given.
