@@ -121,6 +121,7 @@ DType = Literal["F16", "F32"]
 Fill = Literal["zeros", "ones", "uniform", "const"]
 
 _NUMPY_DTYPE: dict[DType, str] = {"F16": "<f2", "F32": "<f4"}
+_ITEMSIZE: dict[DType, int] = {"F16": 2, "F32": 4}
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(_NUMPY_DTYPE[self.dtype]).itemsize
+        return math.prod(self.shape) * _ITEMSIZE[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -162,12 +163,11 @@ def import_comfy(comfy_dir: Path) -> Comfy:
     # comfy.ops pulls in comfy.model_management, which probes for a GPU on import unless told this
     # is a CPU run; the builder only needs shapes, never a device.
     comfy.cli_args.args.cpu = True
-    import torch
-
     import comfy.cldm.cldm
     import comfy.model_detection
     import comfy.ops
     import comfy.sd1_clip
+    import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -211,9 +211,7 @@ def vae_shapes(c: Comfy) -> dict[str, tuple[int, ...]]:
 
 def controlnet_shapes(c: Comfy) -> dict[str, tuple[int, ...]]:
     config = {k: v for k, v in UNET_CONFIG.items() if k != "out_channels"}
-    cnet = c.controlnet_cls(
-        **config, hint_channels=3, device="meta", operations=c.ops.disable_weight_init
-    )
+    cnet = c.controlnet_cls(**config, hint_channels=3, device="meta", operations=c.ops.disable_weight_init)
     return meta_shapes(cnet, "control_model.")
 
 
@@ -229,9 +227,7 @@ def check_detection(
     detected = model_config.unet_config
     skip = {"out_channels", *ignore}
     drift = {
-        k: (v, detected.get(k))
-        for k, v in UNET_CONFIG.items()
-        if k not in skip and detected.get(k) != v
+        k: (v, detected.get(k)) for k, v in UNET_CONFIG.items() if k not in skip and detected.get(k) != v
     }
     if drift:
         raise SystemExit(f"error: ComfyUI reads a different UNet config ({prefix}): {drift}")
@@ -357,7 +353,8 @@ def tensor_bytes(spec: TensorSpec, file_tag: str) -> bytes:
         values *= np.float32(2.0)
         values -= np.float32(1.0)
         values *= half_width
-    return values.astype(_NUMPY_DTYPE[spec.dtype]).tobytes()
+    data: bytes = values.astype(_NUMPY_DTYPE[spec.dtype]).tobytes()
+    return data
 
 
 def safetensors_header(specs: Iterable[TensorSpec], metadata: Mapping[str, str]) -> tuple[bytes, int]:
@@ -407,9 +404,7 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
         raise
 
 
-def write_safetensors(
-    path: Path, specs: list[TensorSpec], metadata: Mapping[str, str], force: bool
-) -> str:
+def write_safetensors(path: Path, specs: list[TensorSpec], metadata: Mapping[str, str], force: bool) -> str:
     header, data_len = safetensors_header(specs, metadata)
     if not force and existing_header(path) == (header, len(header) + data_len):
         return "kept"
@@ -450,6 +445,7 @@ def pose_keypoints(width: int, height: int) -> list[tuple[float, float]]:
 
 
 # OpenPose's limb list and colours, as its renderer (and ControlNet's annotator) draws them.
+# fmt: off
 POSE_LIMBS = [
     (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
     (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
@@ -459,6 +455,7 @@ POSE_COLORS = [
     (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 ]
+# fmt: on
 
 
 def png_bytes(image: Any) -> bytes:

@@ -26,7 +26,8 @@ FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
 @dataclass
 class Ctl:
-    socket_path: Path
+    # A default, because an eager `plasmactl --json ...` creates the Ctl before `cli` sets the path.
+    socket_path: Path = Path()
     json: bool = False
 
     def call(self, method: str, **params: Any) -> Any:

@@ -40,6 +40,9 @@ class ConfigError(Exception):
 class Config:
     comfyui_url: str = "http://127.0.0.1:8188"
     comfyui_dir: Path | None = None
+    comfyui_managed: bool = False  #: plasmad starts and supervises ComfyUI itself
+    comfyui_python: Path | None = None  #: ComfyUI's own Python (managed mode)
+    comfyui_args: tuple[str, ...] = ()  #: extra ComfyUI flags in managed mode (e.g. --cpu)
     kohya_python: Path | None = None
     kohya_script: Path | None = None
     kohya_extra_args: tuple[str, ...] = ()
@@ -50,6 +53,9 @@ class Config:
     socket_path: Path = field(default_factory=lambda: default_socket_path())
     templates_dir: Path = BUNDLED_TEMPLATES
     checkpoint: str | None = None  #: default checkpoint file name in COMFYUI_DIR/models/checkpoints
+    # GEN-05: the UNet runs at fp16 on the Apple GPU. On a CPU fp16 is ~100x slower than fp32 (a
+    # 3x3 conv: 2.66 s vs 0.02 s), so CPU-only hosts (the demo, CI) set fp32 here.
+    unet_dtype: str = "fp16"
     trigger_word: str = "spyke_plasma_v1"
     trainer: str = "auto"  #: kohya | comfyui | auto (kohya when KOHYA_* are set)
     job_timeout_s: float = 3600.0
@@ -150,6 +156,24 @@ def _args(raw: Any) -> tuple[str, ...]:
     return tuple(str(a) for a in raw) if isinstance(raw, list) else tuple(shlex.split(str(raw)))
 
 
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a yes/no value (1/0, true/false)")
+
+
+def _dtype(raw: Any) -> str:
+    value = str(raw)
+    if value not in ("fp16", "fp32", "bf16", "default"):
+        raise ValueError("must be fp16, fp32, bf16 or default")
+    return value
+
+
 def _trainer(raw: Any) -> str:
     value = str(raw)
     if value not in ("auto", "kohya", "comfyui"):
@@ -160,6 +184,9 @@ def _trainer(raw: Any) -> str:
 _SETTINGS: dict[str, tuple[str, Any]] = {
     "COMFYUI_URL": ("comfyui_url", _url),
     "COMFYUI_DIR": ("comfyui_dir", _path),
+    "COMFYUI_MANAGED": ("comfyui_managed", _bool),
+    "COMFYUI_PYTHON": ("comfyui_python", _path),
+    "COMFYUI_ARGS": ("comfyui_args", _args),
     "KOHYA_PYTHON": ("kohya_python", _path),
     "KOHYA_SCRIPT": ("kohya_script", _path),
     "KOHYA_EXTRA_ARGS": ("kohya_extra_args", _args),
@@ -170,6 +197,7 @@ _SETTINGS: dict[str, tuple[str, Any]] = {
     "PLASMA_SOCKET": ("socket_path", _path),
     "PLASMA_TEMPLATES_DIR": ("templates_dir", _path),
     "PLASMA_CHECKPOINT": ("checkpoint", str),
+    "PLASMA_UNET_DTYPE": ("unet_dtype", _dtype),
     "PLASMA_TRIGGER_WORD": ("trigger_word", str),
     "PLASMA_TRAINER": ("trainer", _trainer),
     "PLASMA_JOB_TIMEOUT": ("job_timeout_s", _seconds),
@@ -185,6 +213,15 @@ def _check(cfg: Config) -> Config:
     for setting, value in (("KOHYA_PYTHON", cfg.kohya_python), ("KOHYA_SCRIPT", cfg.kohya_script)):
         if value is not None and not value.is_file():
             raise ConfigError(setting, f"{value} does not exist")
+    if cfg.comfyui_managed:
+        if cfg.comfyui_dir is None or not (cfg.comfyui_dir / "main.py").is_file():
+            raise ConfigError("COMFYUI_DIR", "managed mode needs ComfyUI's folder (with main.py)")
+        if cfg.comfyui_python is None or not cfg.comfyui_python.is_file():
+            raise ConfigError(
+                "COMFYUI_PYTHON", "managed mode needs ComfyUI's Python (e.g. its venv's bin/python)"
+            )
+        if not _is_loopback(urlparse(cfg.comfyui_url).hostname or ""):
+            raise ConfigError("COMFYUI_URL", "a managed ComfyUI listens on loopback only")
     if (cfg.kohya_python is None) != (cfg.kohya_script is None):
         raise ConfigError(
             "KOHYA_SCRIPT" if cfg.kohya_script is None else "KOHYA_PYTHON", "set both or neither"

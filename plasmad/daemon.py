@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from plasmad import __version__
+from plasmad.comfy_process import ManagedComfyUI
 from plasmad.comfyui import ComfyClient
 from plasmad.config import Config, ConfigError, load_config
 from plasmad.fsutil import replace_atomic
@@ -127,14 +128,27 @@ class Daemon:
         await store.open()
         session = aiohttp.ClientSession()
         runtime_file = cfg.state_dir / "runtime.json"
+        managed: ManagedComfyUI | None = None
         try:
             comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
+            if cfg.comfyui_managed:
+                assert cfg.comfyui_python is not None and cfg.comfyui_dir is not None
+                managed = ManagedComfyUI(
+                    cfg.comfyui_python,
+                    cfg.comfyui_dir,
+                    cfg.comfyui_url,
+                    cfg.comfyui_args,
+                    cfg.logs_dir / "comfyui.log",
+                    comfy,
+                )
+                await managed.start()
             gpu = GpuLock()
             handlers: dict[JobKind, Handler] = {
                 JobKind.GENERATE: GenerationHandler(cfg, store, comfy),
             }
             queue = JobQueue(store, gpu, handlers)
             service = Service(cfg, store, queue, gpu, comfy, templates)
+            service.comfy_process = managed
             await queue.recover()
             queue.start()
             methods = build_methods({"shutdown": self._rpc_shutdown})
@@ -169,7 +183,10 @@ class Daemon:
                 rpc_server.close()
                 with contextlib.suppress(FileNotFoundError):
                     cfg.socket_path.unlink()
+
         finally:
+            if managed is not None:
+                await managed.stop()  # last of the workers: the queue it served has stopped
             runtime_file.unlink(missing_ok=True)
             await session.close()
             await store.close()

@@ -107,9 +107,11 @@ class JobQueue:
 
     async def _worker(self) -> None:
         while not self._stopping:
+            # Cleared before the store is asked, not after: a notify() or stop() that lands while
+            # next_queued() runs in its thread must still wake the wait below.
+            self._wake.clear()
             job = await self._store.next_queued()
             if job is None:
-                self._wake.clear()
                 await self._wake.wait()
                 continue
             async with self._gpu.hold(f"{job.kind.value} job {job.id}"):

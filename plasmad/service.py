@@ -11,6 +11,7 @@ import secrets
 from typing import Any
 
 from plasmad import pipeline_files
+from plasmad.comfy_process import ManagedComfyUI
 from plasmad.comfyui import ComfyClient
 from plasmad.config import Config
 from plasmad.errors import ErrorCode, PlasmaError, not_found
@@ -50,6 +51,7 @@ class Service:
         self.comfy = comfy
         self.templates = templates
         self.accepting = True
+        self.comfy_process: ManagedComfyUI | None = None
         self.extra_health: dict[str, Any] = {}
 
     def _check_accepting(self) -> None:
@@ -197,6 +199,7 @@ class Service:
             warnings.append("ComfyUI was started without --fp32-vae: the VAE may wash out colours (GEN-05)")
         if ok and not mps:
             warnings.append("ComfyUI reports no mps device: generation runs without Apple GPU acceleration")
+        comfy["process"] = self.comfy_process.info() if self.comfy_process else {"managed": False}
         current = self.queue.current
         return {
             "status": "ok",

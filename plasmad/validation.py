@@ -109,6 +109,7 @@ async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClien
         "cfg": req.cfg,
         "sampler": req.sampler,
         "scheduler": req.scheduler,
+        "unet_dtype": cfg.unet_dtype,
     }
     if req.pose_image_path is not None:
         template = IMG2IMG_CONTROLNET

@@ -185,7 +185,7 @@ class Api:
             job = await self.job(job_id)
             return job if job["status"] in wanted else None
 
-        return await eventually(reached, f"job {job_id} to reach {sorted(wanted)}")
+        return dict(await eventually(reached, f"job {job_id} to reach {sorted(wanted)}"))
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0) -> Any:
@@ -498,7 +498,7 @@ async def test_missing_prompt_and_an_absolute_checkpoint_path(api: Api) -> None:
 
 
 async def test_refusals_say_why(api: Api) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"resolution": {"width": 1024}}, "hardware limit"),
         ({"resolution": {"width": 100}}, "multiple of 8"),
         ({"batchSize": 2}, "batch size 1"),
@@ -679,7 +679,7 @@ RPC_PARITY: list[dict[str, Any]] = [
 async def test_rpc_errors_match_http(api: Api, body: dict[str, Any]) -> None:
     http_error = await expect_error(await api.post("/jobs", _with_prompt(body)), 400)
     answer = await rpc(api.stack.service, "submit", _with_prompt(body))
-    assert answer["error"]["code"] == http_error["code"] == ErrorCode.INVALID_INPUT == 1001
+    assert answer["error"]["code"] == http_error["code"] == int(ErrorCode.INVALID_INPUT) == 1001
     assert answer["error"]["data"] == http_error  # field, message and details alike
     assert answer["error"]["message"] == http_error["message"]
 
@@ -687,7 +687,7 @@ async def test_rpc_errors_match_http(api: Api, body: dict[str, Any]) -> None:
 async def test_rpc_not_found_conflict_and_success(api: Api) -> None:
     http_error = await expect_error(await api.client.get("/jobs/j_nope"), 404)
     answer = await rpc(api.stack.service, "status", {"id": "j_nope"})
-    assert answer["error"]["code"] == ErrorCode.NOT_FOUND == 1004
+    assert answer["error"]["code"] == int(ErrorCode.NOT_FOUND) == 1004
     assert answer["error"]["data"] == http_error
 
     submitted = (await rpc(api.stack.service, "submit", {"prompt": "over the socket"}))["result"]

@@ -54,7 +54,7 @@ def test_a_page_lands_in_the_pipeline_files_and_never_overwrites(daemon: DaemonP
     # The exact graph that was sent: our seed, our LoRA, fp16 UNet in the graph.
     classes = {n["class_type"]: n["inputs"] for n in workflow.values()}
     assert classes["KSampler"]["seed"] == 7 and classes["LoraLoader"]["lora_name"] == DEMO_LORA
-    assert classes["ModelComputeDtype"]["dtype"] == "fp16"
+    assert classes["ModelComputeDtype"]["dtype"] == "fp32"  # as configured for this CPU
 
     second = daemon.wait_job(submit(daemon, chapter=1, page=1, loraId=DEMO_LORA, seed=7)["id"])
     assert second["outputs"] == [str(raw / "ch01_p001_v2.png")]
@@ -71,6 +71,16 @@ def test_a_page_lands_in_the_pipeline_files_and_never_overwrites(daemon: DaemonP
         assert key in entry, key
     assert entry["generationBackend"] == "comfyui" and entry["approved"] is False
     assert entry["workflowTemplate"] == "txt2img-lora.json" and entry["model"] == "plasma-demo-sd15.safetensors"
+
+
+def test_the_unet_runs_at_fp16_by_default(comfyui: ComfyServer, daemon_env: DaemonEnv,
+                                          start_daemon: Any) -> None:
+    del daemon_env.env["PLASMA_UNET_DTYPE"]
+    d: DaemonProcess = start_daemon(COMFYUI_URL=comfyui.url, COMFYUI_DIR=str(comfyui.dir))
+    job = d.wait_job(submit(d, loraId=DEMO_LORA)["id"], 300)
+    assert job["status"] == "succeeded", job
+    _, graph = d.http("GET", f"/jobs/{job['id']}/workflow")
+    assert [n["inputs"]["dtype"] for n in graph.values() if n["class_type"] == "ModelComputeDtype"] == ["fp16"]
 
 
 def test_lora_strength_changes_the_pixels(daemon: DaemonProcess) -> None:

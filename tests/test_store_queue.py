@@ -207,7 +207,8 @@ class Rig:
             loaded = await self.store.get(job.id)
             return loaded if loaded is not None and loaded.status in wanted else None
 
-        return await eventually(reached, f"{job.id} to reach {wanted}")
+        done: Job = await eventually(reached, f"{job.id} to reach {wanted}")
+        return done
 
 
 @pytest.fixture
@@ -362,3 +363,50 @@ async def test_stop_when_idle_or_never_started(store: JobStore) -> None:
     await asyncio.sleep(0)
     await running.queue.stop(0.1)
     assert running.handler.calls == []
+
+
+class GatedStore(JobStore):
+    """A store whose next_queued() stops after its query until `gate` opens: the worker's window."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def next_queued(self) -> Job | None:
+        job = await super().next_queued()
+        self.asked.set()
+        await self.gate.wait()
+        return job
+
+
+@pytest.fixture
+async def gated(tmp_path: Path) -> AsyncIterator[Rig]:
+    store = GatedStore(tmp_path / "gated.sqlite3")
+    await store.open()
+    r = Rig(store)
+    yield r
+    store.gate.set()
+    await asyncio.wait_for(r.queue.stop(0.5), 5)
+    await store.close()
+
+
+async def test_a_job_added_while_the_worker_looks_is_not_lost(gated: Rig) -> None:
+    store = gated.store
+    assert isinstance(store, GatedStore)
+    gated.queue.start()
+    await store.asked.wait()  # the worker found the queue empty and has not gone to sleep yet
+    job = await gated.add()
+    store.gate.set()
+    assert (await gated.wait(job)).status == JobStatus.SUCCEEDED
+
+
+async def test_stop_while_the_worker_looks_does_not_hang(gated: Rig) -> None:
+    store = gated.store
+    assert isinstance(store, GatedStore)
+    gated.queue.start()
+    await store.asked.wait()
+    stopping = asyncio.create_task(gated.queue.stop(0.5))
+    await asyncio.sleep(0)  # stop() has set its flags
+    store.gate.set()
+    await asyncio.wait_for(stopping, 5)  # a lost wake-up here would hang plasmad's SIGTERM forever
