@@ -357,5 +357,11 @@ def shutdown(ctl: Ctl) -> None:
         click.echo("plasmad is stopping")
 
 
+# At the end: the group's module builds on Ctl and json_option above.
+from plasmactl.dataset_cmds import dataset  # noqa: E402
+
+cli.add_command(dataset)
+
+
 def main() -> None:
     cli(prog_name="plasmactl")

@@ -23,6 +23,7 @@ class Exit(IntEnum):
     UNAVAILABLE = 6  #: ComfyUI down, a setting missing, the daemon stopping
     CANCELLED = 7  #: the job was cancelled
     INTERNAL = 8
+    CHECK_FAILED = 9  #: `plasmactl dataset check` found problems: the dataset may not be trained on
 
 
 _BY_CODE = {

@@ -1,7 +1,8 @@
 """Running one generation job: fill the template, run it in ComfyUI, write the files.
 
-Where files go: with chapter + page, the pipeline's files (`pipeline_files`); without, the state
-dir's `images/<job id>.png` with the workflow beside it. The job records the ComfyUI prompt_id
+Where files go: with chapter + page, the pipeline's files (`pipeline_files`); with a `destination`
+in the job's result, that file (`dataset_service`: reg images); otherwise the state dir's
+`images/<job id>.png` with the workflow beside it. The job records the ComfyUI prompt_id
 before the graph is posted and the reserved page name before anything is written, so a restart
 finds a job's prompt in ComfyUI again and never writes a page twice.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from plasmad import pipeline_files
 from plasmad.comfyui import ComfyClient, ImageRef
 from plasmad.config import Config
+from plasmad.dataset_service import write_destination
 from plasmad.errors import ErrorCode, PlasmaError
 from plasmad.fsutil import create_new, same_content
 from plasmad.job_queue import RunContext
@@ -67,6 +69,9 @@ class GenerationHandler:
     async def _save(self, job: Job, state: dict[str, Any], graph: dict[str, Any], png: bytes) -> list[str]:
         req = job.request
         sent = graph  # exactly what ComfyUI got
+        if "destination" in state:
+            # A file named when the job was queued (a reg image): created there, never replaced.
+            return [str(await asyncio.to_thread(write_destination, state["destination"], png))]
         if req.get("chapter") is None:
             folder = self._cfg.state_dir / "images"
             image, workflow = folder / f"{job.id}.png", folder / f"{job.id}.workflow.json"

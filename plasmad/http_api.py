@@ -122,6 +122,11 @@ async def approve_image(request: web.Request) -> web.Response:
     return web.json_response(await _svc(request).approve({"image": request.match_info["name"], **body}))
 
 
+async def dataset_reg(request: web.Request) -> web.Response:
+    result = await _svc(request).datasets.reg(await _body(request))
+    return web.json_response(result, status=202 if result["queued"] else 200)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/health", health),
@@ -132,6 +137,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/jobs/{id}/workflow", get_job_workflow),
         web.post("/jobs/{id}/cancel", cancel_job),
         web.post("/images/{name}/approve", approve_image),
+        web.post("/datasets/reg", dataset_reg),
     ]
 
 

@@ -57,6 +57,13 @@ class JobQueue:
     def current(self) -> Job | None:
         return self._current.job if self._current else None
 
+    def live_progress(self, job_id: str) -> tuple[int, int] | None:
+        """(step, total) of the running job, if it is `job_id` and has reported any."""
+        job = self.current
+        if job is None or job.id != job_id or job.total is None:
+            return None
+        return job.step or 0, job.total
+
     async def recover(self) -> None:
         """Before the worker starts: settle the jobs that were running when the daemon stopped."""
         for job in await self._store.recent(status=JobStatus.RUNNING, limit=1000):
@@ -132,14 +139,17 @@ class JobQueue:
         job = await self._reload(job.id)
 
         async def report(step: int, total: int) -> None:
-            await self._store.update(job.id, step=step, total=total)
+            # Progress lives in memory while the job runs (a write per sampler step would cost more
+            # than the step on a small image); the last figure is stored when the job ends.
+            job.step, job.total = step, total
 
         ctx = RunContext(job=job, report=report)
         self._current = ctx
         self._run_task = asyncio.create_task(self._handlers[job.kind].run(ctx), name=f"job-{job.id}")
         try:
             result = await self._run_task
-            await self._store.update(job.id, status=JobStatus.SUCCEEDED, result=result, finished_at=now())
+            await self._store.update(job.id, status=JobStatus.SUCCEEDED, result=result, finished_at=now(),
+                                     step=job.step, total=job.total)
             log.info("job %s succeeded", job.id)
         except asyncio.CancelledError:
             if not ctx.parked:
@@ -147,7 +157,8 @@ class JobQueue:
             log.info("job %s parked; it is picked up again at the next start", job.id)
         except PlasmaError as exc:
             status = JobStatus.CANCELLED if ctx.cancelled.is_set() else JobStatus.FAILED
-            await self._store.update(job.id, status=status, error=exc.to_dict(), finished_at=now())
+            await self._store.update(job.id, status=status, error=exc.to_dict(), finished_at=now(),
+                                     step=job.step, total=job.total)
             log.info("job %s %s: %s", job.id, status.value, exc.message)
         except Exception as exc:
             log.exception("job %s crashed", job.id)

@@ -59,6 +59,20 @@ class GenerateRequest(WireModel):
     denoise: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
+class DatasetRegRequest(WireModel):
+    """POST /datasets/reg, JSON-RPC `dataset_reg`: the regularisation set of a dataset (DATA-03)."""
+
+    dataset_dir: str = Field(min_length=1)  #: absolute; the images go to `<dataset>-reg/1_<class>/`
+    count: int = 150
+    class_name: str | None = None  #: default "character" (plasmad.dataset.REG_DEFAULT_CLASS)
+    seed: int | None = Field(default=None, ge=0, le=limits.MAX_SEED)  #: item i gets seed + i; default 1000
+    width: int = limits.DATASET_IMAGE_SIZE
+    height: int = limits.DATASET_IMAGE_SIZE
+    steps: int = Field(default=limits.DEFAULT_STEPS, ge=1, le=limits.MAX_STEPS)
+    checkpoint: str | None = None  #: the base checkpoint; default PLASMA_CHECKPOINT (never a LoRA)
+    allow_small: bool = False  #: permit fewer than REG_MIN_IMAGES (tests, demos)
+
+
 class TrainRequest(WireModel):
     """POST /loras/train, JSON-RPC `train`."""
 

@@ -52,6 +52,7 @@ def build_methods(
         "cancel": lambda s, p: s.cancel_job(p.get("id")),
         "workflow": lambda s, p: s.job_workflow(p.get("id")),
         "approve": lambda s, p: s.approve(p),
+        "dataset_reg": lambda s, p: s.datasets.reg(p),
         **(extra or {}),
     }
     return {name: _adapt(fn) for name, fn in table.items()}

@@ -14,6 +14,7 @@ from plasmad import pipeline_files
 from plasmad.comfy_process import ManagedComfyUI
 from plasmad.comfyui import ComfyClient
 from plasmad.config import Config
+from plasmad.dataset_service import DatasetService
 from plasmad.errors import ErrorCode, PlasmaError, not_found
 from plasmad.gpu_lock import GpuLock
 from plasmad.job_queue import JobQueue
@@ -21,7 +22,7 @@ from plasmad.models import ApproveParams, GenerateRequest, JobView, ListJobsPara
 from plasmad.states import JobKind, JobStatus
 from plasmad.store import Job, JobStore
 from plasmad.templates import TemplateSet
-from plasmad.validation import validate_generate
+from plasmad.validation import GenerationPlan, validate_generate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Service:
         self.accepting = True
         self.comfy_process: ManagedComfyUI | None = None
         self.extra_health: dict[str, Any] = {}
+        self.datasets = DatasetService(self)
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -65,6 +67,13 @@ class Service:
         self._check_accepting()
         req = parse(GenerateRequest, body)
         plan = await validate_generate(req, self.cfg, self.comfy)
+        return await self.view(await self.queue_generation(req, plan))
+
+    async def queue_generation(
+        self, req: GenerateRequest, plan: GenerationPlan, extra: dict[str, Any] | None = None
+    ) -> Job:
+        """Store a validated generation as a queued job. `extra` joins its result: a `destination`
+        there sends the image to that file instead (plasmad.dataset_service, reg images)."""
         template = self.templates.get(plan.template)
         job_id = new_job_id(JobKind.GENERATE)
         slots = dict(plan.slots)
@@ -76,6 +85,7 @@ class Service:
             "graph": template.fill(slots),
             "width": req.resolution.width if "width" in plan.slots else None,
             "height": req.resolution.height if "height" in plan.slots else None,
+            **(extra or {}),
         }
         job = Job(
             id=job_id, kind=JobKind.GENERATE, status=JobStatus.QUEUED, request=plan.request, result=state
@@ -83,7 +93,7 @@ class Service:
         await self.store.add(job)
         self.queue.notify()
         log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed)
-        return await self.view(job)
+        return job
 
     async def submit_page(self, body: Any) -> dict[str, Any]:
         """`plasmactl generate -c 1 --page 1`: the page's prompt file, plus any overrides, as a job."""
@@ -133,7 +143,9 @@ class Service:
 
     async def view(self, job: Job) -> dict[str, Any]:
         result = {k: v for k, v in (job.result or {}).items() if k not in _PRIVATE_RESULT_KEYS}
-        progress = Progress(step=job.step or 0, total=job.total) if job.total else None
+        live = self.queue.live_progress(job.id)
+        step, total = live if live else (job.step or 0, job.total)
+        progress = Progress(step=step, total=total) if total else None
         waiting_for = None
         if job.status == JobStatus.QUEUED:
             waiting_for = await self._waiting_for(job)

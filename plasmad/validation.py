@@ -33,7 +33,7 @@ def check_batch_size(value: int, field: str = "batch_size") -> None:
 
 def check_size(width: int, height: int, field: str = "resolution") -> None:
     for name, value, most in (("width", width, limits.MAX_WIDTH), ("height", height, limits.MAX_HEIGHT)):
-        where = f"{field}.{name}"
+        where = f"{field}.{name}" if field else name
         if value > most:
             raise invalid(
                 where,

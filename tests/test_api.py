@@ -703,7 +703,12 @@ async def test_rpc_not_found_conflict_and_success(api: Api) -> None:
 
 async def test_rpc_garbage_is_a_jsonrpc_error_not_a_crash(api: Api) -> None:
     methods = build_methods()
-    for line in ("{not json", "[]", '{"jsonrpc": "2.0", "method": 5, "id": 1}', "null"):
+    nasty = [
+        "{not json", "[]", "null", '{"jsonrpc": "2.0", "method": 5, "id": 1}',
+        '{"jsonrpc": "2.0", "method": "submit", "params": {"seed": 1' + "9" * 5000 + '}, "id": 1}',
+        "[" * 100_000 + "]" * 100_000,
+    ]
+    for line in nasty:
         answer = json.loads(await async_dispatch(line, methods=methods, context=api.stack.service))
         assert "error" in answer
     # Positional parameters do not fit the keyword-only methods: "invalid params", not a traceback.

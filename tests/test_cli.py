@@ -125,7 +125,7 @@ def submit(daemon: DaemonThread, *args: str) -> str:
 # --- no daemon, bad arguments ----------------------------------------------------------------------------
 
 
-def test_no_daemon_exits_3_with_one_line(tmp_path: Path) -> None:
+def test_no_daemon_exits_3_with_one_line() -> None:
     for args in (["--socket", "/nonexistent", "health"], ["--socket", "/nonexistent", "--json", "health"],
                  ["--socket", "/nonexistent", "jobs", "--json"]):
         result = run_cli(args)
@@ -135,13 +135,21 @@ def test_no_daemon_exits_3_with_one_line(tmp_path: Path) -> None:
         assert line.startswith("plasmactl: plasmad is not running") and "/nonexistent" in line
 
 
-def test_socket_from_the_environment_and_stale_sockets(tmp_path: Path) -> None:
-    stale = tmp_path / "stale.sock"
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder with a short path, for sockets (AF_UNIX paths are capped near 104 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="plc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_socket_from_the_environment_and_stale_sockets(short_dir: Path) -> None:
+    stale = short_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX) as s:  # bound, never listened, closed: a dead daemon's file
         s.bind(str(stale))
     result = run_cli(["health"], env={"PLASMA_SOCKET": str(stale)})
     assert result.exit_code == 3 and str(stale) in result.stderr
-    not_a_socket = tmp_path / "file"
+    not_a_socket = short_dir / "file"
     not_a_socket.write_text("")
     result = run_cli(["--socket", str(not_a_socket), "health"])
     assert result.exit_code == 3 and len(result.stderr.splitlines()) == 1
@@ -280,6 +288,7 @@ def test_cancel_then_wait_exits_7(daemon: DaemonThread) -> None:
 
 
 def test_the_installed_console_script(daemon: DaemonThread) -> None:
+    assert PLASMACTL.is_file(), f"{PLASMACTL} is missing: install the project (pip install -e .)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLASMA_", "COMFYUI_", "KOHYA_"))}
     env["PLASMA_SOCKET"] = str(daemon.socket)
     ok = subprocess.run([str(PLASMACTL), "--json", "health"], env=env, capture_output=True, text=True,
