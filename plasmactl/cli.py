@@ -125,6 +125,7 @@ def generation_options(f: F) -> F:
             help="Pose image: selects the ControlNet OpenPose workflow.",
         ),
         click.option("--strength", "controlnet_strength", type=float, help="ControlNet strength 0.4-0.9."),
+        click.option("--controlnet", help="ControlNet model file (default: PLASMA_CONTROLNET)."),
         click.option(
             "--init",
             "init_image_path",
@@ -357,10 +358,11 @@ def shutdown(ctl: Ctl) -> None:
         click.echo("plasmad is stopping")
 
 
-# At the end: the group's module builds on Ctl and json_option above.
-from plasmactl.dataset_cmds import dataset  # noqa: E402
-
-cli.add_command(dataset)
+# Last: these modules add their commands to `cli` (doctor, bench, logs; `service`; the `dataset`
+# group), building on Ctl and json_option above.
+from plasmactl import operations_cmds, service_cmds  # noqa: E402, F401, I001
+import plasmactl.dataset_cmds  # noqa: E402, F401
+from plasmactl import train_cmds  # noqa: E402, F401  (train, train-status, train-cancel, loras, lora)
 
 
 def main() -> None:

@@ -16,13 +16,16 @@ from typing import Any, TypeVar
 
 import click
 
-from plasmactl.cli import FINISHED, Ctl, json_option, pass_ctl
+from plasmactl.cli import FINISHED, Ctl, cli, json_option
 from plasmactl.output import Exit, bar, emit_json, fail, fail_error
 from plasmad import dataset as ds
 from plasmad.errors import PlasmaError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
+pass_ctl = click.make_pass_decorator(Ctl)
 
 PathArg = click.Path(path_type=Path)
 FileArg = click.Path(path_type=Path, dir_okay=False)
@@ -64,7 +67,7 @@ def _warn(warnings: list[str]) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-@click.group()
+@cli.group()
 def dataset() -> None:
     """Prepare the LoRA's training set: crops, captions, flips, reg images, the check.
 
@@ -112,9 +115,10 @@ def suggest(ctl: Ctl, sheet: Path, out: Path | None) -> None:
 
 def _print_build(result: ds.BuildResult) -> None:
     was = "" if result.previous_repeats in (None, result.repeats) else f", was {result.previous_repeats}"
+    per_epoch = result.images * result.repeats
     click.echo(
         f"{result.image_dir}: {result.originals} originals, {result.images} images, "
-        f"repeats {result.repeats}{was} ({result.images} x {result.repeats} = {result.images * result.repeats})"
+        f"repeats {result.repeats}{was} ({result.images} x {result.repeats} = {per_epoch})"
     )
     counts = {action: sum(1 for f in result.files if f.action == action) for action in
               ("written", "kept", "skipped")}
@@ -331,11 +335,16 @@ def _queued_line(queued: dict[str, Any]) -> str:
     return f"{queued['regDir']}: {queued['existing']}/{queued['count']} there; {new} queued{also}"
 
 
+def _interactive() -> bool:
+    """A terminal redraws one bar in place; logs and pipes get one line per image instead."""
+    return sys.stderr.isatty()
+
+
 def _follow(ctl: Ctl, queued: dict[str, Any]) -> dict[str, Any]:
     """Follow the reg jobs to the end (they run in queue order), with a done/total bar."""
     total, done = int(queued["count"]), int(queued["existing"])
     show = not ctl.json
-    redraw = show and sys.stderr.isatty()
+    redraw = show and _interactive()
     results: list[dict[str, Any]] = []
     for entry in queued["jobs"]:
         name = Path(entry["image"]).name

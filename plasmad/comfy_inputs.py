@@ -73,9 +73,9 @@ def read_image(path_text: str, field_name: str) -> SourceImage:
             fmt = str(img.format)
             width, height = img.size
             frames = int(getattr(img, "n_frames", 1))
-            orientation = img.getexif().get(_EXIF_ORIENTATION)
-            img.verify()  # checksums (PNG CRCs); fails fast on junk
+            img.verify()  # checksums (PNG CRCs); fails fast on junk. Must come right after open.
         with Image.open(io.BytesIO(data)) as img:
+            orientation = img.getexif().get(_EXIF_ORIENTATION)
             img.load()  # a full decode: a truncated file fails here, not in ComfyUI
     except UnidentifiedImageError:
         raise invalid(field_name, f"{path_text!r} is not an image Pillow can read") from None
@@ -108,13 +108,17 @@ def _read_regular_file(path: Path, path_text: str, field_name: str) -> bytes:
         raise invalid(field_name, f"{path_text!r} is not readable (permission denied)") from None
     except OSError as exc:
         raise invalid(field_name, f"{path_text!r} cannot be opened ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())  # of what was opened, not of what the name points at now
+    try:
+        st = os.fstat(fd)  # of what was opened, not of what the name points at now
         if not stat.S_ISREG(st.st_mode):
             what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise invalid(field_name, f"{path_text!r} is {what}")
         if st.st_size > MAX_INPUT_BYTES:
             raise invalid(field_name, f"{path_text!r} is over {MAX_INPUT_BYTES // 2**20} MiB")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         try:
             data = f.read(MAX_INPUT_BYTES + 1)
         except OSError as exc:

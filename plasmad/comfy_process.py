@@ -2,10 +2,16 @@
 
 The child runs from COMFYUI_DIR with its own Python (COMFYUI_PYTHON), with the precision flags the
 requirements want (`--force-fp16 --fp32-vae`) on loopback only, in its own process group so that
-stopping it stops everything it started. If it dies it is restarted with backoff; the job that was
-running then fails with ComfyUI's absence as the reason (the client's next history poll says so)
-rather than hanging. Its output goes straight to `<state>/logs/comfyui.log` (the child writes the
-file itself: no file I/O in our event loop).
+stopping it stops everything it started. Its output goes straight to `<state>/logs/comfyui.log`
+(the child writes the file itself: no file I/O in our event loop), rotated at each start.
+
+Lifecycle, all in one supervisor task:
+- start: refuse a port something else already answers on, spawn, poll `/system_stats` until it
+  answers; `start()` returns then (or when the first child dies, or after START_TIMEOUT_S).
+- death: the job that was running fails at once with the reason (`guard`), never hangs; the child
+  is restarted after a backoff that doubles up to MAX_BACKOFF_S and resets once a child has run
+  STABLE_AFTER_S. A job that starts while ComfyUI is restarting waits for it.
+- stop: SIGTERM to the group, STOP_TIMEOUT_S to exit, then SIGKILL to the group.
 """
 
 from __future__ import annotations
@@ -16,24 +22,79 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from plasmad.comfyui import ComfyClient
-from plasmad.errors import PlasmaError
+from plasmad.errors import ErrorCode, PlasmaError
+from plasmad.job_queue import Handler, RunContext
+from plasmad.states import JobStatus
+from plasmad.store import Job
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 BASE_FLAGS = ("--force-fp16", "--fp32-vae", "--listen", "127.0.0.1")
 START_TIMEOUT_S = 180.0
+BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
 STABLE_AFTER_S = 60.0  #: a child that ran this long resets the backoff
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0  #: SIGTERM -> SIGKILL; the service files' stop timeouts allow for it
+READY_POLL_S = 0.5
+#: The socket can report a dead ComfyUI a moment before its exit status is collected.
+EXIT_SETTLE_S = 2.0
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
+class ManagedStartError(Exception):
+    """The managed ComfyUI cannot be started at all (the daemon refuses to start)."""
 
 
 def command(python: Path, comfyui_url: str, extra: tuple[str, ...]) -> list[str]:
     port = urlparse(comfyui_url).port or 8188
     return [str(python), "main.py", *BASE_FLAGS, "--port", str(port), *extra]
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (often: out of memory)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit {code}"
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # macOS: EPERM for a zombie group
+        os.killpg(pgid, sig)
+
+
+def _rotate(path: Path) -> None:
+    """Keep comfyui.log bounded: the child appends to it, so it is rotated before each start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.stat().st_size < LOG_ROTATE_BYTES:
+            return
+    except FileNotFoundError:
+        return
+    for n in range(LOG_BACKUPS - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class ManagedComfyUI:
@@ -45,44 +106,111 @@ class ManagedComfyUI:
         extra_args: tuple[str, ...],
         log_path: Path,
         client: ComfyClient,
+        *,
+        start_timeout_s: float = START_TIMEOUT_S,
+        backoff_s: float = BACKOFF_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
+        stable_after_s: float = STABLE_AFTER_S,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
         self.argv = command(python, comfyui_url, extra_args)
+        self.url = comfyui_url
+        self.log_path = log_path
         self._dir = comfyui_dir
-        self._log_path = log_path
         self._client = client
+        self._start_timeout = start_timeout_s
+        self._backoff = backoff_s
+        self._max_backoff = max_backoff_s
+        self._stable_after = stable_after_s
+        self.stop_timeout_s = stop_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self.restarts = 0
-        self.state = "stopped"  #: starting / running / restarting / stopped
-        self.last_exit: int | None = None
+        self._stop = asyncio.Event()
         self._ready = asyncio.Event()
+        self._exited_once = asyncio.Event()
+        self._exit: asyncio.Future[int] | None = None  #: the current child's exit status
+        self.restarts = 0
+        self.state = "stopped"  #: starting / running / restarting / stopping / stopped / failed
+        self.last_exit: int | None = None
+        self.last_exit_at: str | None = None
+        self.started_at: str | None = None
+        self.error: str | None = None
+        self.restart_delay_s: float | None = None  #: the backoff before the latest restart
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
 
     def info(self) -> dict[str, object]:
+        """What /health shows under comfyuiInfo.process."""
         return {
             "managed": True,
             "state": self.state,
             "pid": self.pid,
             "restarts": self.restarts,
+            "restartDelayS": self.restart_delay_s,
             "lastExit": self.last_exit,
+            "lastExitReason": describe_exit(self.last_exit) if self.last_exit is not None else None,
+            "lastExitAt": self.last_exit_at,
+            "startedAt": self.started_at,
+            "error": self.error,
             "argv": self.argv,
+            "log": str(self.log_path),
         }
 
+    # --- start and supervise ----------------------------------------------------------------------
+
     async def start(self) -> None:
-        """Start the child and the watcher; returns once ComfyUI answers (or the start timed out)."""
-        self._task = asyncio.create_task(self._supervise(), name="comfyui-supervisor")
+        """Start the child and its supervisor; return once ComfyUI answers.
+
+        Also returns when the first child dies before answering (the supervisor keeps retrying;
+        /health and `plasmactl doctor` show why) or after the start timeout. Raises
+        ManagedStartError when something else already answers on the port or the child cannot be
+        spawned at all.
+        """
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready.wait()), START_TIMEOUT_S)
-        except TimeoutError:
-            log.error("ComfyUI did not answer within %.0f s; see %s", START_TIMEOUT_S, self._log_path)
+            await self._client.system_stats(timeout=2.0)
+        except PlasmaError:
+            pass
+        else:
+            raise ManagedStartError(
+                f"something already answers at {self.url} (a ComfyUI you started yourself?): stop it, "
+                "or set COMFYUI_MANAGED=0 to attach to it, or give the managed one another COMFYUI_URL port"
+            )
+        self._task = asyncio.create_task(self._supervise(), name="comfyui-supervisor")
+        ready = asyncio.create_task(self._ready.wait())
+        died = asyncio.create_task(self._exited_once.wait())
+        try:
+            await asyncio.wait(
+                {ready, died, self._task}, timeout=self._start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ready.cancel()
+            died.cancel()
+        if self._task.done() and self.state == "failed":
+            raise ManagedStartError(self.error or "cannot start ComfyUI")
+        if self._ready.is_set() or (ready.done() and not ready.cancelled()):
+            return  # it answered (it may have died since: the supervisor deals with that)
+        if self._exited_once.is_set():
+            log.error(
+                "ComfyUI exited (%s) before it answered; retrying with backoff (see %s)",
+                describe_exit(self.last_exit),
+                self.log_path,
+            )
+        else:
+            log.error(
+                "ComfyUI did not answer within %.0f s; still waiting (see %s)",
+                self._start_timeout,
+                self.log_path,
+            )
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = await asyncio.to_thread(self._log_path.open, "ab")
+        await asyncio.to_thread(_rotate, self.log_path)
+        log_file = await asyncio.to_thread(self.log_path.open, "ab")
         try:
             return await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -90,67 +218,160 @@ class ManagedComfyUI:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # its own process group: stopping it stops all it started
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:
             log_file.close()  # the child has its own copy of the descriptor
 
     async def _supervise(self) -> None:
-        backoff = 1.0
-        while not self._stopping:
+        backoff = self._backoff
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
             self.state = "starting"
             try:
-                self._proc = await self._spawn()
+                proc = await self._spawn()
             except OSError as exc:
-                log.error("cannot start ComfyUI (%s): %s", self.argv[0], exc)
-                self.state = "stopped"
+                self.error = f"cannot start ComfyUI ({self.argv[0]}): {exc}"
+                log.error("%s", self.error)
+                self.state = "failed"
                 return
-            log.info("ComfyUI started (pid %d): %s", self._proc.pid, " ".join(self.argv))
+            self._proc = proc
+            self._exit = loop.create_future()
+            self.started_at = _now()
+            self.error = None
+            log.info("ComfyUI started (pid %d): %s", proc.pid, " ".join(self.argv))
             started = time.monotonic()
-            waiter = asyncio.create_task(self._proc.wait())
-            while not waiter.done() and not self._ready.is_set():
-                with contextlib.suppress(PlasmaError):
-                    await self._client.system_stats(timeout=2.0)
+            exited = asyncio.create_task(proc.wait())
+            stopping = asyncio.create_task(self._stop.wait())
+            try:
+                while not exited.done() and not self._stop.is_set():
+                    try:
+                        await self._client.system_stats(timeout=2.0)
+                    except PlasmaError:
+                        await asyncio.wait({exited, stopping}, timeout=READY_POLL_S)
+                        continue
                     self.state = "running"
+                    self._client.forget_object_info()  # a new ComfyUI may have other nodes and models
                     self._ready.set()
-                    self._client.forget_object_info()
+                    log.info("ComfyUI answers at %s (pid %d)", self.url, proc.pid)
                     break
-                await asyncio.wait({waiter}, timeout=0.5)
-            self.last_exit = await waiter
+                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not exited.done():
+                    await self._terminate(proc, exited)
+                code = await exited
+            finally:
+                stopping.cancel()
+            # Leftovers of its group (a worker that outlived the leader) would hold the port.
+            _signal_group(proc.pid, signal.SIGKILL)
             self._ready.clear()
-            if self._stopping:
+            self.last_exit, self.last_exit_at = code, _now()
+            self._exit.set_result(code)
+            self._exited_once.set()
+            if self._stop.is_set():
+                log.info("ComfyUI stopped (%s)", describe_exit(code))
                 break
-            if time.monotonic() - started > STABLE_AFTER_S:
-                backoff = 1.0
+            if time.monotonic() - started > self._stable_after:
+                backoff = self._backoff
             self.restarts += 1
             self.state = "restarting"
+            self.restart_delay_s = backoff
             log.error(
-                "ComfyUI exited with %s; restarting in %.0f s (see %s)",
-                self.last_exit,
+                "ComfyUI stopped unexpectedly (%s); restart %d in %.1f s (see %s)",
+                describe_exit(code),
+                self.restarts,
                 backoff,
-                self._log_path,
+                self.log_path,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, self._max_backoff)
         self.state = "stopped"
 
+    async def _terminate(self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]) -> None:
+        self.state = "stopping"
+        _signal_group(proc.pid, signal.SIGTERM)
+        done, _ = await asyncio.wait({exited}, timeout=self.stop_timeout_s)
+        if not done:
+            log.warning("ComfyUI ignored SIGTERM for %.0f s: killing its process group", self.stop_timeout_s)
+            _signal_group(proc.pid, signal.SIGKILL)
+
     async def stop(self) -> None:
-        """TERM the child's process group, wait, then KILL it."""
-        self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("ComfyUI ignored SIGTERM for %.0f s: killing its process group", STOP_TIMEOUT_S)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        if self._task is not None:
-            self._task.cancel()
+        """TERM the child's process group, wait, then KILL it; the supervisor ends."""
+        self._stop.set()
+        task = self._task
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.stop_timeout_s + 10.0)
+        if not done:  # only if even SIGKILL did not end it (stuck in a driver)
+            log.error("ComfyUI's supervisor did not end; leaving the process behind")
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         self.state = "stopped"
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def _died(self, code: int) -> PlasmaError:
+        return PlasmaError(
+            ErrorCode.COMFYUI_UNAVAILABLE,
+            f"ComfyUI stopped ({describe_exit(code)}) while running this job; plasmad is restarting it "
+            f"(see {self.log_path}). Submit the job again once `plasmactl health` shows ComfyUI up.",
+            details={"comfyuiExit": code},
+        )
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        """Run one job's ComfyUI work; if the child dies meanwhile, fail it at once with the reason.
+
+        A job that starts while ComfyUI is (re)starting first waits for it to answer.
+        """
+        if not self._ready.is_set() and self.state in ("starting", "restarting"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), self._start_timeout + self._max_backoff)
+        exit_status = self._exit
+        task = asyncio.ensure_future(work)
+        if exit_status is None:
+            return await task
+        try:
+            either: set[asyncio.Future[Any]] = {task, exit_status}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise self._died(exit_status.result())
+        try:
+            return task.result()
+        except PlasmaError as exc:
+            if exc.code != ErrorCode.COMFYUI_UNAVAILABLE:
+                raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exit_status), EXIT_SETTLE_S)
+            if exit_status.done():
+                raise self._died(exit_status.result()) from exc
+            raise
+
+    def guarded(self, inner: Handler) -> Handler:
+        """`inner` (the generation handler) with its runs guarded against ComfyUI's death."""
+        return _GuardedHandler(inner, self)
+
+
+class _GuardedHandler:
+    def __init__(self, inner: Handler, process: ManagedComfyUI) -> None:
+        self._inner = inner
+        self._process = process
+
+    async def run(self, ctx: RunContext) -> dict[str, object]:
+        return await self._process.guard(self._inner.run(ctx))
+
+    async def stop(self, ctx: RunContext) -> None:
+        await self._inner.stop(ctx)
+
+    async def recover(self, job: Job) -> JobStatus:
+        return await self._inner.recover(job)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)  # anything else the wrapped handler offers

@@ -75,11 +75,18 @@ class ComfyClient:
         return body if isinstance(body, dict) else {}
 
     async def object_info(self, node_class: str) -> dict[str, Any]:
-        """One node class's description (cached: it changes only when ComfyUI restarts)."""
-        if node_class not in self._object_info:
-            body = await self._get_json(f"/object_info/{node_class}")
-            self._object_info[node_class] = body.get(node_class, {}) if isinstance(body, dict) else {}
-        return dict(self._object_info[node_class])
+        """One node class's description (cached: it changes only when ComfyUI restarts).
+
+        `{}` when ComfyUI lacks the class. That answer is not cached: custom nodes installed and a
+        ComfyUI we do not manage restarted must be seen without restarting plasmad.
+        """
+        if node_class in self._object_info:
+            return dict(self._object_info[node_class])
+        body = await self._get_json(f"/object_info/{node_class}")
+        info = body.get(node_class, {}) if isinstance(body, dict) else {}
+        if info:
+            self._object_info[node_class] = info
+        return dict(info)
 
     def forget_object_info(self) -> None:
         self._object_info.clear()
@@ -141,9 +148,18 @@ class ComfyClient:
     # --- running a prompt ---------------------------------------------------------------------------
 
     async def run(
-        self, graph: dict[str, Any], prompt_id: str, on_progress: ProgressCallback, timeout: float
+        self,
+        graph: dict[str, Any],
+        prompt_id: str,
+        on_progress: ProgressCallback,
+        timeout: float,
+        *,
+        require_images: bool = True,
+        cancelled: asyncio.Event | None = None,
     ) -> list[ImageRef]:
-        """Queue `graph` as `prompt_id` and wait until ComfyUI's history says how it ended."""
+        """Queue `graph` as `prompt_id` and wait until ComfyUI's history says how it ended.
+
+        `require_images=False` for graphs whose output is a file, not an image (SaveLoRA)."""
         client_id = uuid.uuid4().hex
         ws: aiohttp.ClientWebSocketResponse | None
         try:
@@ -156,7 +172,8 @@ class ComfyClient:
             raise unavailable(self.base_url, exc or "WebSocket connect timed out") from exc
         try:
             await self.submit(graph, prompt_id, client_id)  # only now: the socket already listens
-            return await self.wait(prompt_id, on_progress, timeout, ws)
+            return await self.wait(prompt_id, on_progress, timeout, ws, require_images=require_images,
+                                   cancelled=cancelled)
         finally:
             await ws.close()
 
@@ -166,8 +183,16 @@ class ComfyClient:
         on_progress: ProgressCallback,
         timeout: float,
         ws: aiohttp.ClientWebSocketResponse | None = None,
+        *,
+        require_images: bool = True,
+        cancelled: asyncio.Event | None = None,
     ) -> list[ImageRef]:
-        """Wait for an already queued prompt. Without a socket (after a restart) history alone tells."""
+        """Wait for an already queued prompt. Without a socket (after a restart) history alone tells.
+
+        `cancelled`: set once the prompt was interrupted or taken out of ComfyUI's queue. A prompt
+        removed before it started leaves no history and sends no event, so then the wait ends as
+        soon as ComfyUI's queue no longer holds it.
+        """
         deadline = time.monotonic() + timeout
         while True:
             if time.monotonic() > deadline:
@@ -210,7 +235,9 @@ class ComfyClient:
             if entry is not None:
                 status = entry.get("status", {})
                 if status.get("completed") or status.get("status_str") in ("success", "error"):
-                    return outcome(prompt_id, entry)
+                    return outcome(prompt_id, entry, require_images)
+            elif cancelled is not None and cancelled.is_set() and not await self.in_queue(prompt_id):
+                raise PlasmaError(ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started")
 
     async def _on_event(self, data: str, prompt_id: str, on_progress: ProgressCallback) -> bool:
         try:
@@ -231,7 +258,7 @@ class ComfyClient:
         return kind in TERMINAL_EVENTS
 
 
-def outcome(prompt_id: str, entry: dict[str, Any]) -> list[ImageRef]:
+def outcome(prompt_id: str, entry: dict[str, Any], require_images: bool = True) -> list[ImageRef]:
     """The images of a finished history entry, or the PlasmaError saying why there are none."""
     status = entry.get("status", {})
     if status.get("status_str") == "error" or not status.get("completed", True):
@@ -246,7 +273,7 @@ def outcome(prompt_id: str, entry: dict[str, Any]) -> list[ImageRef]:
         for img in (node.get("images") or [])
         if img.get("type", "output") == "output"
     ]
-    if not images:
+    if not images and require_images:
         raise PlasmaError(ErrorCode.COMFYUI_REJECTED, f"ComfyUI finished prompt {prompt_id} with no image")
     return images
 

@@ -53,6 +53,8 @@ class Config:
     socket_path: Path = field(default_factory=lambda: default_socket_path())
     templates_dir: Path = BUNDLED_TEMPLATES
     checkpoint: str | None = None  #: default checkpoint file name in COMFYUI_DIR/models/checkpoints
+    # The one ControlNet model (CTRL-01), a file in COMFYUI_DIR/models/controlnet (INFRA-05's name).
+    controlnet: str = "control_v11p_sd15_openpose.pth"
     # GEN-05: the UNet runs at fp16 on the Apple GPU. On a CPU fp16 is ~100x slower than fp32 (a
     # 3x3 conv: 2.66 s vs 0.02 s), so CPU-only hosts (the demo, CI) set fp32 here.
     unet_dtype: str = "fp16"
@@ -197,6 +199,7 @@ _SETTINGS: dict[str, tuple[str, Any]] = {
     "PLASMA_SOCKET": ("socket_path", _path),
     "PLASMA_TEMPLATES_DIR": ("templates_dir", _path),
     "PLASMA_CHECKPOINT": ("checkpoint", str),
+    "PLASMA_CONTROLNET": ("controlnet", str),
     "PLASMA_UNET_DTYPE": ("unet_dtype", _dtype),
     "PLASMA_TRIGGER_WORD": ("trigger_word", str),
     "PLASMA_TRAINER": ("trainer", _trainer),

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from plasmad import __version__
-from plasmad.comfy_process import ManagedComfyUI
+from plasmad.comfy_process import ManagedComfyUI, ManagedStartError
 from plasmad.comfyui import ComfyClient
 from plasmad.config import Config, ConfigError, load_config
 from plasmad.fsutil import replace_atomic
@@ -39,6 +39,7 @@ from plasmad.service import Service
 from plasmad.states import JobKind
 from plasmad.store import JobStore
 from plasmad.templates import TemplateError, TemplateSet
+from plasmad.training import TrainingHandler
 
 log = logging.getLogger("plasmad")
 
@@ -141,14 +142,22 @@ class Daemon:
                     cfg.logs_dir / "comfyui.log",
                     comfy,
                 )
-                await managed.start()
+                try:
+                    await managed.start()
+                except ManagedStartError as exc:
+                    raise StartupError(f"COMFYUI_MANAGED: {exc}", EXIT_CONFIG) from exc
             gpu = GpuLock()
             handlers: dict[JobKind, Handler] = {
                 JobKind.GENERATE: GenerationHandler(cfg, store, comfy),
+                JobKind.TRAIN: TrainingHandler(cfg, store, comfy),
             }
+            if managed is not None:
+                # A job running when ComfyUI dies fails at once with the reason, instead of hanging.
+                handlers[JobKind.GENERATE] = managed.guarded(handlers[JobKind.GENERATE])
             queue = JobQueue(store, gpu, handlers)
             service = Service(cfg, store, queue, gpu, comfy, templates)
             service.comfy_process = managed
+            await service.benchmarks.load()
             await queue.recover()
             queue.start()
             methods = build_methods({"shutdown": self._rpc_shutdown})
@@ -181,6 +190,7 @@ class Daemon:
                 yield service, queue, runner, rpc_server
             finally:
                 rpc_server.close()
+                await service.benchmarks.close()
                 with contextlib.suppress(FileNotFoundError):
                     cfg.socket_path.unlink()
 

@@ -104,7 +104,7 @@ class DatasetService:
         svc = self._service
         svc._check_accepting()
         req = parse(DatasetRegRequest, body)
-        dataset_dir = Path(req.dataset_dir).expanduser()
+        dataset_dir = Path(req.dataset_dir)
         if not dataset_dir.is_absolute():
             raise invalid("datasetDir", f"{req.dataset_dir!r} must be an absolute path")
         if not await asyncio.to_thread(dataset_dir.is_dir):
@@ -166,9 +166,9 @@ class DatasetService:
                 queued.append(job.id)
                 jobs.append({"id": job.id, "index": item.index, "image": str(item.image_path), "new": True})
         pending = [
-            {"id": active[str(item.image_path)], "index": item.index, "image": str(item.image_path), "new": False}
+            {"id": active[image], "index": item.index, "image": image, "new": False}
             for item in missing
-            if str(item.image_path) in active
+            if (image := str(item.image_path)) in active
         ]
         if queued:
             log.info("reg set %s: %d image(s) queued, %d already queued", folder, len(queued), len(pending))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +60,34 @@ def create_new(path: Path, data: bytes) -> bool:
 def same_content(path: Path, data: bytes) -> bool:
     try:
         return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def copy_new(src: Path, path: Path) -> bool:
+    """create_new for a file too big to hold in memory (a LoRA): streamed to a temp file beside
+    `path`, then linked into place only if nothing is there yet; False if something is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, src.open("rb") as f:
+            shutil.copyfileobj(f, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def same_file_content(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (streamed; sizes compared first)."""
+    try:
+        return filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
 

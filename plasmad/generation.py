@@ -24,6 +24,7 @@ from plasmad.fsutil import create_new, same_content
 from plasmad.job_queue import RunContext
 from plasmad.states import JobStatus
 from plasmad.store import Job, JobStore, now
+from plasmad.timing import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,16 @@ class GenerationHandler:
             # Stored before POST /prompt: after a crash this id finds the prompt in ComfyUI again.
             await self._store.update(job.id, prompt_id=prompt_id)
             ctx.job.prompt_id = prompt_id
-            images = await self._comfy.run(graph, prompt_id, ctx.report, self._cfg.job_timeout_s)
+            timer = StepTimer(ctx.report)  # the benchmark (INFRA-04) reads state["timing"]
+            log.info("job %s: sending prompt %s to ComfyUI", job.id, prompt_id)
+            images = await self._comfy.run(graph, prompt_id, timer.report, self._cfg.job_timeout_s,
+                                           cancelled=ctx.cancelled)
+            timer.stop()
+            state["timing"] = timer.summary()
+            log.info("job %s: ComfyUI ran prompt %s: %s", job.id, prompt_id, timer.describe())
         png = await self._comfy.view(images[0])
         outputs = await self._save(job, state, graph, png)
+        log.info("job %s: wrote %s", job.id, ", ".join(outputs))
         state.update(outputs=outputs, comfyImage=images[0].filename)
         return state
 

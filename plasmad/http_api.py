@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 SERVICE = web.AppKey("service", Service)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
 
 def _host_name(value: str) -> str:
@@ -62,8 +63,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if origin is not None and (urlparse(origin).hostname or "").lower() not in LOOPBACK_NAMES:
         raise PlasmaError(ErrorCode.FORBIDDEN, f"requests from {origin} are not accepted")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        has_type = "Content-Type" in request.headers
-        if (has_type or request.body_exists) and request.content_type != "application/json":
+        # The types a web page may post cross-site without a CORS preflight are refused even when
+        # empty; any other empty body is no body (aiohttp's client labels it octet-stream).
+        ctype = request.content_type
+        if ctype in FORM_TYPES or (request.body_exists and ctype != "application/json"):
             raise PlasmaError(
                 ErrorCode.UNSUPPORTED_MEDIA,
                 f"the body must be application/json, not {request.content_type or 'untyped'}",
@@ -119,12 +122,63 @@ async def approve_image(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
-    return web.json_response(await _svc(request).approve({"image": request.match_info["name"], **body}))
+    return web.json_response(await _svc(request).approve({**body, "image": request.match_info["name"]}))
 
 
 async def dataset_reg(request: web.Request) -> web.Response:
     result = await _svc(request).datasets.reg(await _body(request))
     return web.json_response(result, status=202 if result["queued"] else 200)
+
+
+async def doctor(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).doctor())
+
+
+async def start_bench(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).benchmarks.start(await _body(request)), status=202)
+
+
+async def bench_results(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).benchmarks.results(dict(request.query)))
+
+
+async def daemon_log(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).logs(dict(request.query)))
+
+
+async def job_log(request: web.Request) -> web.Response:
+    params: dict[str, Any] = {**request.query, "job": request.match_info["id"]}
+    return web.json_response(await _svc(request).logs(params))
+
+
+async def train_lora(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).training.train(await _body(request)), status=202)
+
+
+async def training_status(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).training.status(request.match_info["id"]))
+
+
+async def list_loras(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).training.list_trainings())
+
+
+async def cancel_training(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).training.cancel(request.match_info["id"]))
+
+
+async def lora_samples(request: web.Request) -> web.Response:
+    result = await _svc(request).training.samples(request.match_info["id"], await _body(request))
+    return web.json_response(result, status=202 if result["state"] == "drawing" else 200)
+
+
+async def lora_samples_status(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).training.samples_status(request.match_info["id"]))
+
+
+async def promote_lora(request: web.Request) -> web.Response:
+    result = await _svc(request).training.promote(request.match_info["id"], await _body(request))
+    return web.json_response(result)
 
 
 def routes() -> list[web.RouteDef]:
@@ -138,6 +192,18 @@ def routes() -> list[web.RouteDef]:
         web.post("/jobs/{id}/cancel", cancel_job),
         web.post("/images/{name}/approve", approve_image),
         web.post("/datasets/reg", dataset_reg),
+        web.post("/loras/train", train_lora),
+        web.get("/loras", list_loras),
+        web.get("/loras/{id}/status", training_status),
+        web.post("/loras/{id}/cancel", cancel_training),
+        web.post("/loras/{id}/samples", lora_samples),
+        web.get("/loras/{id}/samples", lora_samples_status),
+        web.post("/loras/{id}/promote", promote_lora),
+        web.get("/doctor", doctor),
+        web.post("/bench", start_bench),
+        web.get("/bench", bench_results),
+        web.get("/logs", daemon_log),
+        web.get("/jobs/{id}/log", job_log),
     ]
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from plasmad.errors import ErrorCode, PlasmaError
 from plasmad.gpu_lock import GpuLock
+from plasmad.job_logs import job_context
 from plasmad.states import JobKind, JobStatus
 from plasmad.store import Job, JobStore, now
 
@@ -110,6 +111,11 @@ class JobQueue:
                 await self._handlers[self._current.job.kind].stop(self._current)
                 self._run_task.cancel()
         if self._task is not None:
+            # The worker ends by itself once it sees _stopping, unless it is queued for a GPU lock
+            # someone else holds: then there is nothing of ours to finish, so cancel the wait.
+            done, _ = await asyncio.wait({self._task}, timeout=5.0)
+            if not done:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _worker(self) -> None:
@@ -124,7 +130,8 @@ class JobQueue:
             async with self._gpu.hold(f"{job.kind.value} job {job.id}"):
                 if self._stopping:
                     break
-                await self._run_one(job)
+                with job_context(job.id):  # what is logged while it runs also goes to its own log
+                    await self._run_one(job)
 
     async def _run_one(self, job: Job) -> None:
         started = now()
@@ -137,6 +144,7 @@ class JobQueue:
         ):
             return  # cancelled between the read and now
         job = await self._reload(job.id)
+        log.info("job %s started (%s, attempt %d, queued %s)", job.id, job.kind, job.attempts, job.created_at)
 
         async def report(step: int, total: int) -> None:
             # Progress lives in memory while the job runs (a write per sampler step would cost more

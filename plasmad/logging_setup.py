@@ -2,7 +2,8 @@
 
 Records go through a queue to a listener thread that does the writing, so a slow disk never stalls
 the event loop. The daemon's log is `<state>/logs/plasmad.log`, rotated; it also goes to stderr,
-which launchd / systemd keep.
+which launchd / systemd keep. Records logged while a job runs also go to that job's own log
+(`plasmad.job_logs`), by the same listener thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging.handlers
 import queue
 import sys
 from pathlib import Path
+
+from plasmad.job_logs import JobFileHandler, JobTagFilter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MAX_BYTES = 10 * 1024 * 1024
@@ -25,17 +28,21 @@ def setup_logging(logs_dir: Path, level: str = "INFO") -> logging.handlers.Queue
         logs_dir / "plasmad.log", maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
     )
     stream_handler = logging.StreamHandler(sys.stderr)
-    for handler in (file_handler, stream_handler):
+    job_handler = JobFileHandler(logs_dir)
+    for handler in (file_handler, stream_handler, job_handler):
         handler.setFormatter(formatter)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(logging.handlers.QueueHandler(records))
+    queue_handler = logging.handlers.QueueHandler(records)
+    # The job is read from the caller's context, so the filter must run there, not in the thread.
+    queue_handler.addFilter(JobTagFilter())
+    root.addHandler(queue_handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     listener = logging.handlers.QueueListener(
-        records, file_handler, stream_handler, respect_handler_level=True
+        records, file_handler, stream_handler, job_handler, respect_handler_level=True
     )
     listener.start()
     return listener

@@ -18,7 +18,17 @@ from plasmad.states import JobKind, JobStatus
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid", frozen=True)
+    """Request bodies: strict JSON types (`"steps": true` or `"5"` is refused, not coerced)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=False, extra="forbid", frozen=True, strict=True
+    )
+
+
+class QueryParams(WireModel):
+    """Parameters that may come from a URL query string, where every value is text."""
+
+    model_config = ConfigDict(strict=False)
 
 
 class Resolution(WireModel):
@@ -55,6 +65,9 @@ class GenerateRequest(WireModel):
     pose_image_path: str | None = None
     pose_is_skeleton: bool = True  #: False: run the OpenPose preprocessor on a reference panel
     controlnet_strength: float | None = None
+    # The ControlNet model file (default PLASMA_CONTROLNET). A list is accepted only so that asking
+    # for several gets a clear 400: one ControlNet at a time fits in 16 GB.
+    controlnet: str | list[str] | None = None
     init_image_path: str | None = None
     denoise: float | None = Field(default=None, gt=0.0, le=1.0)
 
@@ -93,6 +106,28 @@ class TrainRequest(WireModel):
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
 
+class TrainSamplesRequest(WireModel):
+    """POST /loras/:id/samples, JSON-RPC `lora_samples` (LORA-02): the same prompts, with the same
+    seeds, for every checkpoint of a training; one contact sheet."""
+
+    prompts: list[str] | None = Field(default=None, min_length=1, max_length=8)  #: default: three
+    negative_prompt: str = Field(default="", max_length=8000)
+    seed: int = Field(default=1234, ge=0, le=2**32 - 8)  #: prompt j is drawn with seed + j
+    steps: int = Field(default=limits.DEFAULT_STEPS, ge=1, le=limits.MAX_STEPS)
+    resolution: Resolution = Resolution()
+    lora_strength: float = Field(
+        default=limits.DEFAULT_LORA_STRENGTH, ge=-limits.MAX_LORA_STRENGTH, le=limits.MAX_LORA_STRENGTH
+    )
+    include_base: bool = False  #: one more row without the LoRA, to compare against
+
+
+class PromoteRequest(WireModel):
+    """POST /loras/:id/promote, JSON-RPC `lora_promote` (LORA-03)."""
+
+    step: int | None = Field(default=None, ge=1)  #: the checkpoint of this step; none: the final file
+    name: str | None = Field(default=None, min_length=1, max_length=100)  #: default: the outputName
+
+
 class ViewModel(BaseModel):
     """Responses: built in Python by field name, sent in camelCase."""
 
@@ -122,7 +157,44 @@ class JobView(ViewModel):
     result: dict[str, Any] | None = None
 
 
-class ListJobsParams(WireModel):
+class CheckpointView(ViewModel):
+    step: int | None  #: None: the final file
+    file: str
+    path: str
+    bytes: int
+    complete: bool  #: the safetensors file is whole (a kill while saving leaves a short one)
+
+
+class TrainingView(ViewModel):
+    """What GET /loras/:id/status answers."""
+
+    id: str
+    status: JobStatus
+    trainer: str  #: kohya | comfyui
+    output_name: str
+    dataset_dir: str
+    step: int = 0
+    total: int
+    loss: float | None = None  #: the trainer's running average (kohya only)
+    sec_per_step: float | None = None
+    eta_seconds: float | None = None
+    checkpoints: list[CheckpointView] = []
+    log_tail: list[str] = []
+    log_file: str
+    output_dir: str
+    outcome: str | None = None  #: succeeded | no_data | out_of_memory | cancelled | failed | interrupted
+    reason: str | None = None  #: why it did not succeed, for people
+    advice: str | None = None  #: what to do about it
+    warnings: list[str] = []  #: from the preflight and the dataset check
+    waiting_for: str | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    request: dict[str, Any]
+    samples: dict[str, Any] | None = None
+
+
+class ListJobsParams(QueryParams):
     status: JobStatus | None = None
     kind: JobKind | None = None
     limit: int = Field(default=50, ge=1, le=1000)
@@ -131,6 +203,29 @@ class ListJobsParams(WireModel):
 class ApproveParams(WireModel):
     image: str = Field(min_length=1)  #: chXX_pNNN_vN (with or without .png)
     approved: bool = True
+
+
+class BenchRequest(WireModel):
+    """POST /bench, JSON-RPC `bench` (INFRA-04). The bar is defined for the defaults only."""
+
+    resolution: Resolution = Resolution(width=512, height=512)
+    steps: int = Field(default=20, ge=1, le=limits.MAX_STEPS)
+    checkpoint: str | None = None  #: default: PLASMA_CHECKPOINT
+
+
+class BenchResultsParams(QueryParams):
+    """GET /bench, JSON-RPC `bench_results`."""
+
+    id: str | None = None  #: one benchmark (b_...), or the recent ones
+    limit: int = Field(default=10, ge=1, le=1000)
+
+
+class LogsParams(QueryParams):
+    """GET /logs and /jobs/{id}/log, JSON-RPC `logs`."""
+
+    job: str | None = None  #: a job or training id, `comfyui` (a managed ComfyUI), or none: the daemon's
+    lines: int = Field(default=100, ge=0, le=10000)
+    offset: int | None = Field(default=None, ge=0)  #: following: bytes already read
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -53,6 +53,17 @@ def build_methods(
         "workflow": lambda s, p: s.job_workflow(p.get("id")),
         "approve": lambda s, p: s.approve(p),
         "dataset_reg": lambda s, p: s.datasets.reg(p),
+        "train": lambda s, p: s.training.train(p),
+        "train_status": lambda s, p: s.training.status(p.get("id")),
+        "loras": lambda s, p: s.training.list_trainings(p),
+        "train_cancel": lambda s, p: s.training.cancel(p.get("id")),
+        "lora_samples": lambda s, p: s.training.samples(p.pop("id", None), p),
+        "lora_samples_status": lambda s, p: s.training.samples_status(p.get("id")),
+        "lora_promote": lambda s, p: s.training.promote(p.pop("id", None), p),
+        "doctor": lambda s, p: s.doctor(),
+        "bench": lambda s, p: s.benchmarks.start(p),
+        "bench_results": lambda s, p: s.benchmarks.results(p),
+        "logs": lambda s, p: s.logs(p),
         **(extra or {}),
     }
     return {name: _adapt(fn) for name, fn in table.items()}

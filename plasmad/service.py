@@ -10,18 +10,22 @@ import logging
 import secrets
 from typing import Any
 
-from plasmad import pipeline_files
+from plasmad import controlnet, pipeline_files
+from plasmad.bench import Bench
 from plasmad.comfy_process import ManagedComfyUI
 from plasmad.comfyui import ComfyClient
 from plasmad.config import Config
 from plasmad.dataset_service import DatasetService
+from plasmad.doctor import run_doctor
 from plasmad.errors import ErrorCode, PlasmaError, not_found
 from plasmad.gpu_lock import GpuLock
+from plasmad.job_logs import read_logs
 from plasmad.job_queue import JobQueue
 from plasmad.models import ApproveParams, GenerateRequest, JobView, ListJobsParams, Progress, dump, parse
 from plasmad.states import JobKind, JobStatus
 from plasmad.store import Job, JobStore
 from plasmad.templates import TemplateSet
+from plasmad.training import TrainingService
 from plasmad.validation import GenerationPlan, validate_generate
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ class Service:
         self.comfy_process: ManagedComfyUI | None = None
         self.extra_health: dict[str, Any] = {}
         self.datasets = DatasetService(self)
+        self.training = TrainingService(self)
+        self.benchmarks = Bench(self)  #: INFRA-04 (plasmad.bench)
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -87,6 +93,10 @@ class Service:
             "height": req.resolution.height if "height" in plan.slots else None,
             **(extra or {}),
         }
+        if plan.controlnet is not None:
+            # CTRL-01: the images go into ComfyUI's input/ now, so the stored graph is the one sent.
+            await asyncio.to_thread(controlnet.stage_images, plan.controlnet, self.cfg.require_comfyui_dir())
+            state.update(controlnet.job_state(plan.controlnet, template, state["graph"]))
         job = Job(
             id=job_id, kind=JobKind.GENERATE, status=JobStatus.QUEUED, request=plan.request, result=state
         )
@@ -225,5 +235,16 @@ class Service:
             },
             "accepting": self.accepting,
             "warnings": warnings,
+            "bench": self.benchmarks.last,
             **self.extra_health,
         }
+
+    # --- operating it: doctor, logs (the benchmark is `benchmarks`) -------------------------------
+
+    async def doctor(self) -> dict[str, Any]:
+        """Every INFRA requirement checked here, each ok / warn / fail with its fix (plasmad.doctor)."""
+        return await run_doctor(self.cfg, self.comfy, self.comfy_process)
+
+    async def logs(self, body: Any) -> dict[str, Any]:
+        """The daemon's log, a managed ComfyUI's, or one job's or training's (plasmad.job_logs)."""
+        return await read_logs(self.cfg, self.store, body)

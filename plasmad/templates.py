@@ -17,6 +17,18 @@ from typing import Any
 TXT2IMG_LORA = "txt2img-lora"
 TXT2IMG_BASE = "txt2img-base"
 IMG2IMG_CONTROLNET = "img2img-lora-controlnet"
+# The ControlNet variants (plasmad.controlnet): without the LoRA, and with the OpenPose preprocessor.
+IMG2IMG_CONTROLNET_BASE = "img2img-base-controlnet"
+IMG2IMG_CONTROLNET_PREPROCESS = "img2img-lora-controlnet-preprocess"
+IMG2IMG_CONTROLNET_BASE_PREPROCESS = "img2img-base-controlnet-preprocess"
+ALL_TEMPLATES = (
+    TXT2IMG_LORA,
+    TXT2IMG_BASE,
+    IMG2IMG_CONTROLNET,
+    IMG2IMG_CONTROLNET_BASE,
+    IMG2IMG_CONTROLNET_PREPROCESS,
+    IMG2IMG_CONTROLNET_BASE_PREPROCESS,
+)
 
 
 class TemplateError(Exception):
@@ -69,9 +81,7 @@ def load_template(templates_dir: Path, name: str) -> Template:
 class TemplateSet:
     """All templates, loaded once at startup so a broken template stops the daemon, not a job."""
 
-    def __init__(
-        self, templates_dir: Path, names: tuple[str, ...] = (TXT2IMG_LORA, TXT2IMG_BASE, IMG2IMG_CONTROLNET)
-    ) -> None:
+    def __init__(self, templates_dir: Path, names: tuple[str, ...] = ALL_TEMPLATES) -> None:
         self.dir = templates_dir
         self._templates = {
             n: load_template(templates_dir, n) for n in names if (templates_dir / f"{n}.json").exists()

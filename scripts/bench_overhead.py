@@ -54,8 +54,9 @@ async def direct(http: aiohttp.ClientSession, comfy: str, graph: dict[str, Any],
     t0 = time.perf_counter()
     client_id, prompt_id = uuid.uuid4().hex, str(uuid.uuid4())
     async with http.ws_connect(f"ws{comfy[4:]}/ws?clientId={client_id}") as ws:
-        async with http.post(f"{comfy}/prompt", json={"prompt": graph, "client_id": client_id,
-                                                      "prompt_id": prompt_id}) as resp:
+        async with http.post(
+            f"{comfy}/prompt", json={"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
+        ) as resp:
             assert resp.status == 200, await resp.text()
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -76,8 +77,11 @@ async def direct(http: aiohttp.ClientSession, comfy: str, graph: dict[str, Any],
 
 
 async def bench(args: argparse.Namespace, base: str, comfy: str, out_dir: Path) -> None:
-    body = {"prompt": "spyke_plasma_v1, standing", "steps": args.steps,
-            "resolution": {"width": args.size, "height": args.size}}
+    body = {
+        "prompt": "spyke_plasma_v1, standing",
+        "steps": args.steps,
+        "resolution": {"width": args.size, "height": args.size},
+    }
     ours: list[float] = []
     theirs: list[float] = []
     async with aiohttp.ClientSession() as http:
@@ -104,13 +108,16 @@ async def bench(args: argparse.Namespace, base: str, comfy: str, out_dir: Path) 
         print(f"{label:>20}: mean {mean:8.1f} ms  median {median:8.1f} ms")
     print(f"ratio: {mean_ours / mean_theirs:.3f}")
     overhead = statistics.median(diffs) * 1000
-    print(f"plasmad adds (median of per-job differences): {overhead:.1f} ms a job "
-          f"-> {'PASS' if overhead < 50 else 'FAIL'} against the 50 ms goal")
+    print(
+        f"plasmad adds (median of per-job differences): {overhead:.1f} ms a job "
+        f"-> {'PASS' if overhead < 50 else 'FAIL'} against the 50 ms goal"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
@@ -122,19 +129,29 @@ def main() -> None:
         root = Path(tmp)
         (root / "none.toml").write_text("")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PLASMA_", "COMFYUI_"))}
-        env.update(PLASMA_STATE_DIR=str(root / "state"), PLASMA_SOCKET=str(root / "s"),
-                   PLASMA_HTTP_PORT="0", PLASMA_CONFIG=str(root / "none.toml"), PLASMA_UNET_DTYPE="fp32",
-                   PLASMA_CHECKPOINT=os.environ.get("PLASMA_CHECKPOINT", "plasma-demo-sd15.safetensors"))
+        env.update(
+            PLASMA_STATE_DIR=str(root / "state"),
+            PLASMA_SOCKET=str(root / "s"),
+            PLASMA_HTTP_PORT="0",
+            PLASMA_CONFIG=str(root / "none.toml"),
+            PLASMA_UNET_DTYPE="fp32",
+            PLASMA_CHECKPOINT=os.environ.get("PLASMA_CHECKPOINT", "plasma-demo-sd15.safetensors"),
+        )
         if args.comfyui_url:
             env.update(COMFYUI_URL=args.comfyui_url, COMFYUI_DIR=args.comfyui_dir or "")
         else:
             demo = REPO / ".demo"
-            env.update(COMFYUI_MANAGED="1", COMFYUI_DIR=str(demo / "ComfyUI"), COMFYUI_ARGS="--cpu",
-                       COMFYUI_PYTHON=str(demo / "comfy-venv" / "bin" / "python"),
-                       COMFYUI_URL=f"http://127.0.0.1:{args.port}")
+            env.update(
+                COMFYUI_MANAGED="1",
+                COMFYUI_DIR=str(demo / "ComfyUI"),
+                COMFYUI_ARGS="--cpu",
+                COMFYUI_PYTHON=str(demo / "comfy-venv" / "bin" / "python"),
+                COMFYUI_URL=f"http://127.0.0.1:{args.port}",
+            )
         with (root / "plasmad.log").open("wb") as log:
-            daemon = subprocess.Popen([sys.executable, "-m", "plasmad.daemon"], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "plasmad.daemon"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             runtime = root / "state" / "runtime.json"
             deadline = time.monotonic() + 240

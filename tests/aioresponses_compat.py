@@ -17,7 +17,7 @@ class _Response(ClientResponse):
         super().__init__(*args, **kwargs)
 
 
-class mocked_http(aioresponses):  # noqa: N801 - used like aioresponses itself
+class mocked_http(aioresponses):
     def add(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         kwargs.setdefault("response_class", _Response)
         super().add(*args, **kwargs)

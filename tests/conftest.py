@@ -81,9 +81,24 @@ def comfyui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     log = out.parent / "comfyui.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [str(COMFY_PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-             "--force-fp16", "--fp32-vae", "--output-directory", str(out), "--disable-auto-launch"],
-            cwd=COMFY_DIR, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                str(COMFY_PYTHON),
+                "main.py",
+                "--cpu",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--force-fp16",
+                "--fp32-vae",
+                "--output-directory",
+                str(out),
+                "--disable-auto-launch",
+            ],
+            cwd=COMFY_DIR,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
         wait_http(f"http://127.0.0.1:{port}/system_stats", 120, proc)
@@ -138,16 +153,17 @@ def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
 class DaemonProcess:
     """A real plasmad process (python -m plasmad.daemon) with its own state dir."""
 
-    def __init__(self, denv: DaemonEnv) -> None:
+    def __init__(self, denv: DaemonEnv, startup_timeout: float = 30) -> None:
         self.denv = denv
         self.log = denv.root / f"plasmad-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PLASMA_", "COMFYUI_", "KOHYA_"))}
         env.update(denv.env)
         with self.log.open("wb") as log_file:
-            self.proc = subprocess.Popen([sys.executable, "-m", "plasmad.daemon"], env=env, stdout=log_file,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "plasmad.daemon"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
         runtime = denv.state_dir / "runtime.json"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + startup_timeout  # a managed ComfyUI starts first
         # After a kill -9 the old runtime file is still there: wait for the one naming this pid.
         while (info := _read_json(runtime)).get("pid") != self.proc.pid:
             if self.proc.poll() is not None:
@@ -166,8 +182,13 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait()
 
-    def http(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             ) -> tuple[int, Any]:
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         hdrs = {"Content-Type": "application/json"} if body is not None else {}
         hdrs.update(headers or {})

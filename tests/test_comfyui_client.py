@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from tests.aioresponses_compat import mocked_http
 
 from plasmad.comfyui import ComfyClient, ImageRef
 from plasmad.errors import ErrorCode, PlasmaError
+from tests.aioresponses_compat import mocked_http
 from tests.fakes.fake_comfyui import FakeComfyUI
 
 
@@ -36,7 +36,9 @@ async def run(client: ComfyClient, steps: list[tuple[int, int]], prompt_id: str 
 
 
 @pytest.mark.parametrize("scenario", ["fast", "normal", "drop", "silent"])
-async def test_every_ordering_ends_with_the_image(fake: tuple[FakeComfyUI, ComfyClient], scenario: str) -> None:
+async def test_every_ordering_ends_with_the_image(
+    fake: tuple[FakeComfyUI, ComfyClient], scenario: str
+) -> None:
     peer, client = fake
     peer.scenario = scenario
     steps: list[tuple[int, int]] = []
@@ -105,12 +107,35 @@ async def test_unreachable_comfyui_is_unavailable() -> None:
 async def test_http_answers_with_aioresponses() -> None:
     base = "http://comfy.test:8188"
     with mocked_http() as mocked:
-        mocked.get(f"{base}/object_info/KSampler", payload={"KSampler": {"input": {"required": {
-            "sampler_name": [["euler", "euler_ancestral"]], "scheduler": ["COMBO", {"options": ["normal"]}]}}}})
-        mocked.get(f"{base}/history/abc", payload={"abc": {
-            "status": {"status_str": "success", "completed": True, "messages": []},
-            "outputs": {"9": {"images": [{"filename": "a.png", "subfolder": "plasma", "type": "output"},
-                                         {"filename": "t.png", "subfolder": "", "type": "temp"}]}}}})
+        mocked.get(
+            f"{base}/object_info/KSampler",
+            payload={
+                "KSampler": {
+                    "input": {
+                        "required": {
+                            "sampler_name": [["euler", "euler_ancestral"]],
+                            "scheduler": ["COMBO", {"options": ["normal"]}],
+                        }
+                    }
+                }
+            },
+        )
+        mocked.get(
+            f"{base}/history/abc",
+            payload={
+                "abc": {
+                    "status": {"status_str": "success", "completed": True, "messages": []},
+                    "outputs": {
+                        "9": {
+                            "images": [
+                                {"filename": "a.png", "subfolder": "plasma", "type": "output"},
+                                {"filename": "t.png", "subfolder": "", "type": "temp"},
+                            ]
+                        }
+                    },
+                }
+            },
+        )
         mocked.get(f"{base}/history/none", payload={})
         mocked.get(f"{base}/system_stats", status=500, body="oops")
         async with aiohttp.ClientSession() as session:

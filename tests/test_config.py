@@ -229,15 +229,12 @@ def run_daemon(env: dict[str, str], timeout: float = 30) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize(
-    ("setting", "value"),
-    [("PLASMA_HTTP_PORT", "70000"), ("COMFYUI_URL", "not a url"), ("PLASMA_TRAINER", "kohya")],
-)
-def test_daemon_with_a_bad_setting_exits_2_naming_it(env: dict[str, str], setting: str, value: str) -> None:
-    done = run_daemon({**env, setting: value})
+def test_daemon_with_a_bad_setting_exits_2_naming_it(env: dict[str, str]) -> None:
+    # One process is enough: every setting reaches main() through the same ConfigError (above).
+    done = run_daemon({**env, "PLASMA_HTTP_PORT": "70000"})
     assert done.returncode == 2
     [line] = done.stderr.splitlines()
-    assert line.startswith(f"plasmad: configuration error: {setting}: ")
+    assert line == "plasmad: configuration error: PLASMA_HTTP_PORT: 70000 is not a TCP port"
     assert done.stdout == ""
     assert not Path(env["PLASMA_STATE_DIR"]).exists()  # it stopped before touching anything
 
@@ -249,7 +246,7 @@ def daemon_settings(daemon_env: DaemonEnv) -> DaemonEnv:
     return daemon_env
 
 
-def test_second_daemon_exits_3_and_the_first_keeps_its_socket(
+def test_second_daemon_exits_3_while_the_first_keeps_serving(
     daemon_settings: DaemonEnv, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     first = start_daemon()
@@ -261,7 +258,11 @@ def test_second_daemon_exits_3_and_the_first_keeps_its_socket(
     assert daemon_settings.socket.exists()
     with DaemonClient(daemon_settings.socket, timeout=10) as client:
         assert client.call("health")["status"] == "ok"
-    assert first.proc.poll() is None
+        # `plasmactl shutdown` takes the same orderly path as SIGTERM.
+        assert client.call("shutdown") == {"stopping": True}
+    assert first.proc.wait(30) == 0
+    assert not daemon_settings.socket.exists()
+    assert not (daemon_settings.state_dir / "plasmad.pid").exists()
 
 
 def test_sigterm_stops_cleanly_and_removes_its_files(
@@ -289,13 +290,3 @@ def test_sigterm_stops_cleanly_and_removes_its_files(
     # The jobs database stays: it is the queue a restart picks up.
     assert (state / "plasmad.sqlite3").exists()
 
-
-def test_rpc_shutdown_is_the_same_orderly_stop(
-    daemon_settings: DaemonEnv, start_daemon: Callable[..., DaemonProcess]
-) -> None:
-    daemon = start_daemon()
-    with DaemonClient(daemon_settings.socket, timeout=10) as client:
-        assert client.call("shutdown") == {"stopping": True}
-    assert daemon.proc.wait(30) == 0
-    assert not daemon_settings.socket.exists()
-    assert not (daemon_settings.state_dir / "plasmad.pid").exists()

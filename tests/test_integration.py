@@ -65,22 +65,42 @@ def test_a_page_lands_in_the_pipeline_files_and_never_overwrites(daemon: DaemonP
     log = json.loads((raw.parent / "generation-log.json").read_text())
     assert [e["imageFile"] for e in log] == ["ch01_p001_v1.png", "ch01_p001_v2.png"]
     entry = log[0]
-    for key in ("imageFile", "promptFile", "promptHash", "model", "timestamp", "version", "approved",
-                "generationBackend", "seed", "sampler", "scheduler", "steps", "cfg", "loraId",
-                "controlnetStrength", "workflowTemplate"):
+    for key in (
+        "imageFile",
+        "promptFile",
+        "promptHash",
+        "model",
+        "timestamp",
+        "version",
+        "approved",
+        "generationBackend",
+        "seed",
+        "sampler",
+        "scheduler",
+        "steps",
+        "cfg",
+        "loraId",
+        "controlnetStrength",
+        "workflowTemplate",
+    ):
         assert key in entry, key
     assert entry["generationBackend"] == "comfyui" and entry["approved"] is False
-    assert entry["workflowTemplate"] == "txt2img-lora.json" and entry["model"] == "plasma-demo-sd15.safetensors"
+    assert (
+        entry["workflowTemplate"] == "txt2img-lora.json" and entry["model"] == "plasma-demo-sd15.safetensors"
+    )
 
 
-def test_the_unet_runs_at_fp16_by_default(comfyui: ComfyServer, daemon_env: DaemonEnv,
-                                          start_daemon: Any) -> None:
+def test_the_unet_runs_at_fp16_by_default(
+    comfyui: ComfyServer, daemon_env: DaemonEnv, start_daemon: Any
+) -> None:
     del daemon_env.env["PLASMA_UNET_DTYPE"]
     d: DaemonProcess = start_daemon(COMFYUI_URL=comfyui.url, COMFYUI_DIR=str(comfyui.dir))
     job = d.wait_job(submit(d, loraId=DEMO_LORA)["id"], 300)
     assert job["status"] == "succeeded", job
     _, graph = d.http("GET", f"/jobs/{job['id']}/workflow")
-    assert [n["inputs"]["dtype"] for n in graph.values() if n["class_type"] == "ModelComputeDtype"] == ["fp16"]
+    assert [n["inputs"]["dtype"] for n in graph.values() if n["class_type"] == "ModelComputeDtype"] == [
+        "fp16"
+    ]
 
 
 def test_lora_strength_changes_the_pixels(daemon: DaemonProcess) -> None:
@@ -115,8 +135,9 @@ def test_cancel_interrupts_only_that_prompt(daemon: DaemonProcess) -> None:
     assert daemon.wait_job(queued["id"])["status"] == "succeeded"  # the next one was not touched
 
 
-def test_kill_9_loses_nothing_and_writes_nothing_twice(comfyui: ComfyServer, daemon_env: DaemonEnv,
-                                                       start_daemon: Any) -> None:
+def test_kill_9_loses_nothing_and_writes_nothing_twice(
+    comfyui: ComfyServer, daemon_env: DaemonEnv, start_daemon: Any
+) -> None:
     env = {"COMFYUI_URL": comfyui.url, "COMFYUI_DIR": str(comfyui.dir)}
     d1: DaemonProcess = start_daemon(**env)
     slow = submit(d1, chapter=2, page=5, steps=8, seed=5)
@@ -133,14 +154,22 @@ def test_kill_9_loses_nothing_and_writes_nothing_twice(comfyui: ComfyServer, dae
     assert a["status"] == "succeeded" and b["status"] == "succeeded", (a, b)
     raw = daemon_env.pipeline_dir / "output" / "ch-02" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == [
-        "ch02_p005_v1.png", "ch02_p005_v1.workflow.json", "ch02_p006_v1.png", "ch02_p006_v1.workflow.json"]
+        "ch02_p005_v1.png",
+        "ch02_p005_v1.workflow.json",
+        "ch02_p006_v1.png",
+        "ch02_p006_v1.workflow.json",
+    ]
     log = json.loads((raw.parent / "generation-log.json").read_text())
     assert sorted(e["jobId"] for e in log) == sorted([slow["id"], queued["id"]])
     # The restarted daemon found the prompt in ComfyUI again by its id: it was posted once only.
     with urllib.request.urlopen(f"{comfyui.url}/history?max_items=200", timeout=10) as resp:
         history = json.loads(resp.read())
-    prefixes = [n["inputs"].get("filename_prefix") for h in history.values() for n in h["prompt"][2].values()
-                if n["class_type"] == "SaveImage"]
+    prefixes = [
+        n["inputs"].get("filename_prefix")
+        for h in history.values()
+        for n in h["prompt"][2].values()
+        if n["class_type"] == "SaveImage"
+    ]
     assert prefixes.count(f"plasma/{slow['id']}") == 1
 
 

@@ -39,6 +39,10 @@ EXPECTED_SLOTS: dict[str, set[str]] = {
     "txt2img-base": COMMON_SLOTS | SIZE_SLOTS,
     # img2img takes its size from the init image, so it has no width/height.
     "img2img-lora-controlnet": COMMON_SLOTS | LORA_SLOTS | CONTROLNET_SLOTS,
+    # Its variants (tests/test_controlnet.py checks their wiring): no LoRA; the OpenPose preprocessor.
+    "img2img-base-controlnet": COMMON_SLOTS | CONTROLNET_SLOTS,
+    "img2img-lora-controlnet-preprocess": COMMON_SLOTS | LORA_SLOTS | CONTROLNET_SLOTS,
+    "img2img-base-controlnet-preprocess": COMMON_SLOTS | CONTROLNET_SLOTS,
 }
 NAMES = sorted(EXPECTED_SLOTS)
 

@@ -41,31 +41,41 @@ class FakeComfyUI:
         self.deleted: list[str] = []
         self.freed = 0
         self.delay = 0.3  #: how long history takes to fill in drop / silent
+        self.nodes: dict[str, Any] = {}  #: more /object_info answers: custom nodes a test says are installed
         self._hang: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = web.Application()
-        self.app.add_routes([
-            web.get("/system_stats", self.system_stats),
-            web.get("/object_info/{cls}", self.object_info),
-            web.get("/ws", self.ws),
-            web.post("/prompt", self.prompt),
-            web.get("/history/{id}", self.get_history),
-            web.get("/queue", self.queue),
-            web.post("/queue", self.post_queue),
-            web.post("/interrupt", self.interrupt),
-            web.post("/free", self.free),
-            web.get("/view", self.view),
-        ])
+        self.app.add_routes(
+            [
+                web.get("/system_stats", self.system_stats),
+                web.get("/object_info/{cls}", self.object_info),
+                web.get("/ws", self.ws),
+                web.post("/prompt", self.prompt),
+                web.get("/history/{id}", self.get_history),
+                web.get("/queue", self.queue),
+                web.post("/queue", self.post_queue),
+                web.post("/interrupt", self.interrupt),
+                web.post("/free", self.free),
+                web.get("/view", self.view),
+            ]
+        )
 
     async def system_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"system": {"comfyui_version": "0.3.75-fake", "pytorch_version": "fake",
-                                             "argv": self.argv}, "devices": self.devices})
+        return web.json_response(
+            {
+                "system": {"comfyui_version": "0.3.75-fake", "pytorch_version": "fake", "argv": self.argv},
+                "devices": self.devices,
+            }
+        )
 
     async def object_info(self, request: web.Request) -> web.Response:
         cls = request.match_info["cls"]
         if cls == "KSampler":
-            return web.json_response({cls: {"input": {"required": {
-                "sampler_name": [SAMPLERS], "scheduler": [SCHEDULERS]}}}})
+            return web.json_response(
+                {cls: {"input": {"required": {"sampler_name": [SAMPLERS], "scheduler": [SCHEDULERS]}}}}
+            )
+        if cls in self.nodes:
+            return web.json_response({cls: self.nodes[cls]})
         return web.json_response({})
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
@@ -84,25 +94,48 @@ class FakeComfyUI:
 
     def _succeed(self, prompt_id: str) -> None:
         self.history[prompt_id] = {
-            "prompt": [], "status": {"status_str": "success", "completed": True, "messages": []},
-            "outputs": {"9": {"images": [{"filename": f"{prompt_id}.png", "subfolder": "", "type": "output"}]}},
+            "prompt": [],
+            "status": {"status_str": "success", "completed": True, "messages": []},
+            "outputs": {
+                "9": {"images": [{"filename": f"{prompt_id}.png", "subfolder": "", "type": "output"}]}
+            },
         }
 
     def _fail(self, prompt_id: str, message: list[Any]) -> None:
-        self.history[prompt_id] = {"prompt": [], "outputs": {},
-                                   "status": {"status_str": "error", "completed": False, "messages": [message]}}
+        self.history[prompt_id] = {
+            "prompt": [],
+            "outputs": {},
+            "status": {"status_str": "error", "completed": False, "messages": [message]},
+        }
 
     async def prompt(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.prompts.append(body)
         prompt_id, client_id = body["prompt_id"], body.get("client_id", "")
         if self.scenario == "reject":
-            return web.json_response({
-                "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                          "details": "", "extra_info": {}},
-                "node_errors": {"1": {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
-                                                  "details": "ckpt_name: 'x' not in []"}],
-                                      "class_type": "CheckpointLoaderSimple"}}}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "prompt_outputs_failed_validation",
+                        "message": "Prompt outputs failed validation",
+                        "details": "",
+                        "extra_info": {},
+                    },
+                    "node_errors": {
+                        "1": {
+                            "errors": [
+                                {
+                                    "type": "value_not_in_list",
+                                    "message": "Value not in list",
+                                    "details": "ckpt_name: 'x' not in []",
+                                }
+                            ],
+                            "class_type": "CheckpointLoaderSimple",
+                        }
+                    },
+                },
+                status=400,
+            )
         if self.scenario == "fast":
             await self._run_events(prompt_id, client_id)
         else:
@@ -114,7 +147,9 @@ class FakeComfyUI:
     async def _run_events(self, prompt_id: str, client_id: str) -> None:
         await self._send(client_id, "execution_start", {"prompt_id": prompt_id})
         for step in (1, 2):
-            await self._send(client_id, "progress", {"value": step, "max": 2, "prompt_id": prompt_id, "node": "7"})
+            await self._send(
+                client_id, "progress", {"value": step, "max": 2, "prompt_id": prompt_id, "node": "7"}
+            )
         self._succeed(prompt_id)
         await self._send(client_id, "execution_success", {"prompt_id": prompt_id})
         await self._send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
@@ -124,7 +159,9 @@ class FakeComfyUI:
         if self.scenario == "normal":
             await self._run_events(prompt_id, client_id)
         elif self.scenario == "drop":
-            await self._send(client_id, "progress", {"value": 1, "max": 2, "prompt_id": prompt_id, "node": "7"})
+            await self._send(
+                client_id, "progress", {"value": 1, "max": 2, "prompt_id": prompt_id, "node": "7"}
+            )
             ws = self.sockets.get(client_id)
             if ws is not None:
                 await ws.close()
@@ -134,8 +171,13 @@ class FakeComfyUI:
             await asyncio.sleep(self.delay)
             self._succeed(prompt_id)
         elif self.scenario == "error":
-            data = {"prompt_id": prompt_id, "node_id": "7", "node_type": "KSampler",
-                    "exception_type": "RuntimeError", "exception_message": "boom"}
+            data = {
+                "prompt_id": prompt_id,
+                "node_id": "7",
+                "node_type": "KSampler",
+                "exception_type": "RuntimeError",
+                "exception_message": "boom",
+            }
             self._fail(prompt_id, ["execution_error", data])
             await self._send(client_id, "execution_error", data)
         elif self.scenario == "hang":

@@ -25,7 +25,7 @@ class _Missing:
 
     __call__ = _fail
 
-    def __getattr__(self, attr: str) -> "_Missing":
+    def __getattr__(self, attr: str) -> _Missing:
         return _Missing(f"{self._name}.{attr}")
 
     def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:

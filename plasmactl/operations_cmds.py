@@ -1,0 +1,230 @@
+"""Operating plasmad: `plasmactl doctor`, `plasmactl bench`, `plasmactl logs`.
+
+The daemon does the work (it has the configuration, ComfyUI and the queue); these commands render
+it. `doctor` alone also runs without a daemon: from this shell's settings, in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import click
+
+from plasmactl.cli import Ctl, _wait, cli, json_option
+from plasmactl.client import DaemonClient, DaemonUnavailable
+from plasmactl.output import Exit, emit_json, fail, fail_error, table
+from plasmad import doctor as doctor_checks
+from plasmad.config import ConfigError, load_config
+from plasmad.errors import PlasmaError
+
+# Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
+pass_ctl = click.make_pass_decorator(Ctl)
+
+_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
+
+
+# --- doctor -----------------------------------------------------------------------------------------
+
+
+def _doctor_without_daemon(why: str) -> dict[str, Any]:
+    click.echo(f"plasmactl: {why}; checking from this shell's settings instead", err=True)
+    first = doctor_checks.Check(
+        "plasmad.running",
+        "INFRA-01",
+        "plasmad running",
+        "warn",
+        why,
+        "start it: plasmad (or `plasmactl service install` to have it start at login)",
+    )
+    try:
+        cfg = load_config()
+    except ConfigError as exc:
+        bad = doctor_checks.Check(
+            "plasmad.config",
+            "INFRA-01",
+            "plasmad's settings",
+            "fail",
+            str(exc),
+            f"fix {exc.setting} (the environment or PLASMA_CONFIG's file)",
+        )
+        return {"ok": False, "counts": {"ok": 0, "warn": 1, "fail": 1}, "checks": [vars(first), vars(bad)]}
+    return asyncio.run(doctor_checks.standalone(cfg, [first]))
+
+
+@cli.command()
+@json_option
+@pass_ctl
+def doctor(ctl: Ctl) -> None:
+    """Check every INFRA requirement: ok / warn / fail, each with its fix. Exit 9 if any fails."""
+    try:
+        with DaemonClient(ctl.socket_path, timeout=90.0) as client:
+            report = client.call("doctor")
+    except DaemonUnavailable as exc:
+        report = _doctor_without_daemon(str(exc))
+    except PlasmaError as err:
+        fail_error(err)
+    if ctl.json:
+        emit_json(report)
+    else:
+        for check in report["checks"]:
+            status = check["status"]
+            label = click.style(f"{status:<4}", fg=_COLOURS.get(status), bold=status == "fail")
+            click.echo(f"{label}  {check['requirement']:<8}  {check['title']:<28}  {check['detail']}")
+            if check.get("fix") and status != "ok":
+                click.echo(f"{'':<4}  {'':<8}  {'':<28}  fix: {check['fix']}")
+        c = report["counts"]
+        click.echo(f"\n{c['ok']} ok, {c['warn']} warn, {c['fail']} fail")
+    if not report["ok"]:
+        sys.exit(int(Exit.CHECK_FAILED))
+
+
+# --- bench ------------------------------------------------------------------------------------------
+
+
+def _print_result(r: dict[str, Any]) -> None:
+    device = r.get("device") or {}
+    versions = r.get("versions") or {}
+    click.echo(
+        f"benchmark {r['id']} (job {r['jobId']}): {r['width']}x{r['height']}, {r['steps']} steps, "
+        f"{r['sampler']}, {r.get('checkpoint')}"
+    )
+    if r["status"] != "succeeded":
+        click.echo(f"  {r['status']}: {r.get('error')}")
+    else:
+        click.echo(f"  seconds per image:      {r['secondsPerImage']:.1f} s")
+        rate = r.get("itPerSec")
+        click.echo(
+            f"  iterations per second:  {rate:.2f} it/s"
+            if rate is not None
+            else "  iterations per second:  -"
+        )
+    if r.get("barApplies"):
+        verdict = "PASS" if r.get("passed") else "FAIL"
+        click.echo(
+            f"  INFRA-04 bar:           {verdict} (under {r['barSeconds']:.0f} s for 512x512, 20 steps)"
+        )
+    else:
+        click.echo(f"  INFRA-04 bar:           not judged: {r.get('note')}")
+    click.echo(
+        f"  device:                 {device.get('name', '?')} ({device.get('type', '?')}); "
+        f"ComfyUI {versions.get('comfyui', '?')}, PyTorch {versions.get('pytorch', '?')}, "
+        f"UNet {r.get('unetDtype')}"
+    )
+
+
+@cli.command()
+@click.option("--width", type=int, help="Width (default 512: the bar's; other values are not judged).")
+@click.option("--height", type=int, help="Height (default 512).")
+@click.option("--steps", type=int, help="Sampler steps (default 20).")
+@click.option("--checkpoint", help="Checkpoint (default: PLASMA_CHECKPOINT).")
+@click.option("--history", is_flag=True, help="List the recorded results instead of running one.")
+@json_option
+@pass_ctl
+def bench(
+    ctl: Ctl, width: int | None, height: int | None, steps: int | None, checkpoint: str | None, history: bool
+) -> None:
+    """INFRA-04: one 512x512, 20-step euler_ancestral image through the queue; pass under 2 minutes.
+
+    Prints seconds per image and iterations per second; every result is kept with the device and
+    versions (`--history`). Exit 9 when the bar is missed.
+    """
+    if history:
+        listing = ctl.call("bench_results", limit=20)
+        if ctl.json:
+            emit_json(listing)
+            return
+        rows = [
+            [
+                r["id"],
+                r["at"],
+                f"{r['width']}x{r['height']}x{r['steps']}",
+                r["status"],
+                f"{r['secondsPerImage']:.1f}" if r.get("secondsPerImage") is not None else "-",
+                f"{r['itPerSec']:.2f}" if r.get("itPerSec") is not None else "-",
+                {True: "pass", False: "FAIL", None: "-"}[r.get("passed")],
+                (r.get("device") or {}).get("type", "?"),
+            ]
+            for r in listing["results"]
+        ]
+        click.echo(table(rows, ["ID", "AT", "SIZE", "STATUS", "S/IMAGE", "IT/S", "BAR", "DEVICE"]))
+        return
+    body: dict[str, Any] = {}
+    if width is not None or height is not None:
+        body["resolution"] = {"width": width or 512, "height": height or 512}
+    if steps is not None:
+        body["steps"] = steps
+    if checkpoint is not None:
+        body["checkpoint"] = checkpoint
+    started = ctl.call("bench", **body)
+    if started.get("note"):
+        click.echo(f"plasmactl: note: {started['note']}", err=True)
+    if not ctl.json:
+        click.echo(f"benchmark {started['id']}: job {started['jobId']} queued", err=True)
+    _wait(ctl, started["jobId"], None)
+    deadline = time.monotonic() + 30
+    while (result := ctl.call("bench_results", id=started["id"]))["status"] == "running":
+        if time.monotonic() > deadline:
+            fail(f"benchmark {started['id']} was not recorded", Exit.INTERNAL)
+        time.sleep(0.25)
+    if ctl.json:
+        emit_json(result)
+    else:
+        _print_result(result)
+    if result["status"] != "succeeded":
+        sys.exit(int(Exit.CANCELLED if result["status"] == "cancelled" else Exit.JOB_FAILED))
+    if result.get("passed") is False:
+        sys.exit(int(Exit.CHECK_FAILED))
+
+
+# --- logs -------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("-n", "--lines", "lines", type=int, default=50, show_default=True, help="How many lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C stops).")
+@json_option
+@pass_ctl
+def logs(ctl: Ctl, job: str | None, lines: int, follow: bool) -> None:
+    """The daemon's log, or JOB's (a job or training id; `comfyui`: a managed ComfyUI's output)."""
+    params: dict[str, Any] = {"lines": lines}
+    if job:
+        params["job"] = job
+    answer = ctl.call("logs", **params)
+    if ctl.json:
+        emit_json(answer)
+    else:
+        if not answer["exists"]:
+            note = f": {answer['note']}" if answer.get("note") else ""
+            click.echo(f"plasmactl: {answer['path']} does not exist yet{note}", err=True)
+        for line in answer["lines"]:
+            click.echo(line)
+    if not follow:
+        return
+    offset = answer["offset"]
+    is_job = job is not None and job != "comfyui"
+    try:
+        while True:
+            time.sleep(0.5)
+            more = ctl.call("logs", offset=offset, **params)
+            if more["rotated"] and not ctl.json:
+                click.echo("plasmactl: (the log was rotated)", err=True)
+            offset = more["offset"]
+            if more["lines"]:
+                if ctl.json:
+                    emit_json(more)
+                else:
+                    for line in more["lines"]:
+                        click.echo(line)
+            if (
+                is_job
+                and not more["lines"]
+                and ctl.call("status", id=job)["status"]
+                in ("succeeded", "failed", "cancelled", "interrupted")
+            ):
+                return  # the job is over and its log has been read to the end
+    except KeyboardInterrupt:
+        return
