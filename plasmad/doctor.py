@@ -446,7 +446,8 @@ class Doctor:
                 req,
                 "kohya_ss configured",
                 "warn",
-                "KOHYA_PYTHON and KOHYA_SCRIPT are not set: LoRA training with kohya is unavailable",
+                "KOHYA_PYTHON and KOHYA_SCRIPT are not set: trainings use ComfyUI's own trainer nodes, "
+                "not kohya_ss (INFRA-03)",
                 "export KOHYA_PYTHON=~/tools/kohya_ss/venv/bin/python "
                 "KOHYA_SCRIPT=~/tools/kohya_ss/sd-scripts/train_network.py",
             )
@@ -609,7 +610,7 @@ class Doctor:
         places: list[tuple[str, str, Path, float, float]] = [
             (
                 "disk.state",
-                "state dir (trainings, images, logs)",
+                "state dir",
                 self.cfg.state_dir,
                 STATE_DISK_WARN_GB,
                 STATE_DISK_FAIL_GB,

@@ -8,8 +8,8 @@ to `<state>/logs/jobs/<job id>.log` too. So a job's log is what the daemon's log
 job, in one small file, written off the event loop. The number of job logs and the size of each
 are bounded.
 
-A training's log is the trainer's own output, which the training writes under
-`<state>/trainings/<id>/`; `log_files` finds it there.
+A training's log is the trainer's own output, `<state>/trainings/<id>/train.log`
+(`plasmad.training`, which records the path in the job's result as `logFile`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from plasmad.config import Config
 from plasmad.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.models import LogsParams, parse
 from plasmad.states import JobKind
-from plasmad.store import JobStore
+from plasmad.store import Job, JobStore
 
 current_job: ContextVar[str | None] = ContextVar("plasma_job", default=None)
 
@@ -146,12 +146,15 @@ def read_log(path: Path, lines: int, offset: int | None) -> dict[str, Any]:
     return {"path": str(path), "exists": True, "lines": out, "offset": end, "rotated": rotated}
 
 
-def _training_log(trainings_dir: Path, job_id: str) -> Path | None:
-    """The trainer's output of training `job_id`: the newest *.log in its folder, if any."""
-    folder = trainings_dir / job_id
+def _training_log(trainings_dir: Path, job: Job) -> Path | None:
+    """The trainer's output of a training: the file its result names, else the newest *.log in its folder."""
+    recorded = (job.result or {}).get("logFile")
+    if isinstance(recorded, str) and Path(recorded).is_file():
+        return Path(recorded)
+    folder = trainings_dir / job.id
     if not folder.is_dir():
         return None
-    logs = sorted((p for p in folder.rglob("*.log") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    logs = sorted((p for p in folder.glob("*.log") if p.is_file()), key=lambda p: p.stat().st_mtime)
     return logs[-1] if logs else None
 
 
@@ -170,7 +173,7 @@ async def read_logs(cfg: Config, store: JobStore, body: Any) -> dict[str, Any]:
             raise not_found(f"job {params.job}")
         job_id, source, path = job.id, "job", job_log_path(cfg.logs_dir, job.id)
         if job.kind == JobKind.TRAIN:
-            trainer_log = await asyncio.to_thread(_training_log, cfg.trainings_dir, job.id)
+            trainer_log = await asyncio.to_thread(_training_log, cfg.trainings_dir, job)
             if trainer_log is not None:
                 source, path = "training", trainer_log
     try:

@@ -113,8 +113,8 @@ class JobQueue:
         if self._task is not None:
             # The worker ends by itself once it sees _stopping, unless it is queued for a GPU lock
             # someone else holds: then there is nothing of ours to finish, so cancel the wait.
-            done, _ = await asyncio.wait({self._task}, timeout=5.0)
-            if not done:
+            worker_done, _ = await asyncio.wait({self._task}, timeout=5.0)
+            if not worker_done:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from plasmad import limits
@@ -67,9 +67,18 @@ class GenerateRequest(WireModel):
     controlnet_strength: float | None = None
     # The ControlNet model file (default PLASMA_CONTROLNET). A list is accepted only so that asking
     # for several gets a clear 400: one ControlNet at a time fits in 16 GB.
-    controlnet: str | list[str] | None = None
+    controlnet: list[str] | None = None
     init_image_path: str | None = None
     denoise: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @field_validator("controlnet", mode="before")
+    @classmethod
+    def _controlnet_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return value
+        raise ValueError("must be a ControlNet model file name")
 
 
 class DatasetRegRequest(WireModel):

@@ -117,7 +117,8 @@ async def _groups_naming(text: str) -> list[int]:
     """Process groups (other than ours) with a process whose command line contains `text`."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            "ps", "-A", "-o", "pgid=,command=",
+            # -ww: never cut the command line at the terminal's width (COLUMNS), where the path is.
+            "ps", "-ww", "-A", "-o", "pgid=,command=",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

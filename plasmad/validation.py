@@ -152,10 +152,7 @@ async def validate_controlnet(
     strength = req.controlnet_strength
     if strength is None:
         strength = limits.CONTROLNET_STRENGTH_DEFAULT
-    if req.controlnet is None:
-        names = [cfg.controlnet]
-    else:
-        names = [req.controlnet] if isinstance(req.controlnet, str) else list(req.controlnet)
+    names = [cfg.controlnet] if req.controlnet is None else req.controlnet
     if len(names) != limits.CONTROLNET_MODELS_AT_ONCE:
         raise invalid(
             "controlnet",

@@ -28,6 +28,7 @@ else
   export COMFYUI_PYTHON=$demo/comfy-venv/bin/python
   export COMFYUI_URL=${COMFYUI_URL:-http://127.0.0.1:8189}
   export PLASMA_CHECKPOINT=${PLASMA_CHECKPOINT:-plasma-demo-sd15.safetensors}
+  export PLASMA_CONTROLNET=${PLASMA_CONTROLNET:-plasma-demo-openpose.safetensors}
   lora=spyke_plasma_demo.safetensors
   if [ "$(uname -s)" != Darwin ]; then
     # No Apple GPU: ComfyUI on the CPU, where fp16 is ~100x slower than fp32; and a smaller page

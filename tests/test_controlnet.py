@@ -272,6 +272,7 @@ BAD: list[tuple[str, MakeBody, str, str]] = [
     ("two-models", lambda i: posed(i["pose"], controlnet=[CN_SAFETENSORS, DEFAULT_PTH]), "controlnet",
      "one ControlNet model at a time"),
     ("no-model", lambda i: posed(i["pose"], controlnet=[]), "controlnet", "0 models"),
+    ("model-not-a-name", lambda i: posed(i["pose"], controlnet={"name": "x"}), "controlnet", "file name"),
     ("sdxl-model", lambda i: posed(i["pose"], controlnet=CN_SDXL), "controlnet", "SDXL"),
     ("lora-as-model", lambda i: posed(i["pose"], controlnet=CN_LORA), "controlnet", "not a controlnet"),
     ("html-as-pth", lambda i: posed(i["pose"], controlnet=CN_HTML), "controlnet", "not a PyTorch file"),
@@ -292,6 +293,17 @@ async def test_bad_controlnet_request_is_400_naming_the_field(
     assert words in err["message"], err
     assert api.fake.prompts == [] and await api.stack.store.recent() == []
     assert listing(input_dir(api)) == []  # nothing was copied for a refused request
+
+
+async def test_a_file_that_fails_to_read_is_400(api: Api, images: dict[str, Path]) -> None:
+    """Unreadable even for root (who reads mode-000 files): a read error, a path through a file."""
+    cases = [(str(images["pose"]) + "/x.png", "Not a directory")]
+    if sys.platform == "linux":
+        cases.append(("/proc/self/mem", "cannot be read"))  # a regular file whose first read fails (EIO)
+    for path, words in cases:
+        resp = await api.post("/jobs", {**posed(images["pose"]), "poseImagePath": path})
+        err = await expect_error(resp, 400, "poseImagePath")
+        assert words in err["message"], err
 
 
 async def test_missing_configured_model_is_400(open_cn: OpenCn, images: dict[str, Path]) -> None:
@@ -465,12 +477,10 @@ def test_stage_writes_only_inside_input(tmp_path: Path, images: dict[str, Path])
         assert comfy_inputs.stage(image, target) == dest  # again: reused
 
 
-def test_stage_into_an_unwritable_input_is_a_clear_error(tmp_path: Path, images: dict[str, Path]) -> None:
-    if not os.geteuid():
-        pytest.skip("root writes anywhere")
+def test_stage_into_an_unusable_input_is_a_clear_error(tmp_path: Path, images: dict[str, Path]) -> None:
     comfy = tmp_path / "ComfyUI"
-    (comfy / "input").mkdir(parents=True)
-    (comfy / "input").chmod(0o500)
+    comfy.mkdir()
+    (comfy / "input").write_text("a file where ComfyUI's input folder should be")  # even root cannot
     image = comfy_inputs.read_image(str(images["pose"]), "poseImagePath")
     with pytest.raises(PlasmaError) as caught:
         comfy_inputs.stage(image, comfy / "input")
