@@ -6,8 +6,10 @@ stopping it stops everything it started. Its output goes straight to `<state>/lo
 (the child writes the file itself: no file I/O in our event loop), rotated at each start.
 
 Lifecycle, all in one supervisor task:
-- start: refuse a port something else already answers on, spawn, poll `/system_stats` until it
-  answers; `start()` returns then (or when the first child dies, or after START_TIMEOUT_S).
+- start: spawn, poll `/system_stats` until it answers; `start()` returns then (or when the first
+  child dies, or after START_TIMEOUT_S). A port something else already answers on is refused,
+  unless that is our own child left running by a plasmad that died (its pid file says so and its
+  command line matches): that orphan is stopped first, so a crashed daemon's restart is not locked out.
 - death: the job that was running fails at once with the reason (`guard`), never hangs; the child
   is restarted after a backoff that doubles up to MAX_BACKOFF_S and resets once a child has run
   STABLE_AFTER_S. A job that starts while ComfyUI is restarting waits for it.
@@ -68,7 +70,7 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = " (often: out of memory)" if -code == signal.SIGKILL else ""
+        hint = ", often a sign of running out of memory" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit {code}"
 
@@ -76,6 +78,17 @@ def describe_exit(code: int | None) -> str:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # macOS: EPERM for a zombie group
         os.killpg(pgid, sig)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` (an orphan: launchd / init reaps it once it exits) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _rotate(path: Path) -> None:
@@ -107,6 +120,7 @@ class ManagedComfyUI:
         log_path: Path,
         client: ComfyClient,
         *,
+        pid_path: Path | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         backoff_s: float = BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
@@ -116,6 +130,8 @@ class ManagedComfyUI:
         self.argv = command(python, comfyui_url, extra_args)
         self.url = comfyui_url
         self.log_path = log_path
+        #: The child's pid, for the next plasmad to find an orphan left by this one.
+        self.pid_path = pid_path or log_path.with_name("comfyui.pid")
         self._dir = comfyui_dir
         self._client = client
         self._start_timeout = start_timeout_s
@@ -172,15 +188,17 @@ class ManagedComfyUI:
         ManagedStartError when something else already answers on the port or the child cannot be
         spawned at all.
         """
-        try:
-            await self._client.system_stats(timeout=2.0)
-        except PlasmaError:
-            pass
-        else:
-            raise ManagedStartError(
-                f"something already answers at {self.url} (a ComfyUI you started yourself?): stop it, "
-                "or set COMFYUI_MANAGED=0 to attach to it, or give the managed one another COMFYUI_URL port"
+        if await self._answers():
+            orphan = await self._orphan()
+            if orphan is None:
+                raise ManagedStartError(
+                    f"something already answers at {self.url} (a ComfyUI you started yourself?): stop it, "
+                    "or set COMFYUI_MANAGED=0 to attach to it, or give the managed one another port"
+                )
+            log.warning(
+                "ComfyUI pid %d, left running by an earlier plasmad, holds %s: stopping it", orphan, self.url
             )
+            await self._stop_orphan(orphan)
         self._task = asyncio.create_task(self._supervise(), name="comfyui-supervisor")
         ready = asyncio.create_task(self._ready.wait())
         died = asyncio.create_task(self._exited_once.wait())
@@ -207,6 +225,51 @@ class ManagedComfyUI:
                 self._start_timeout,
                 self.log_path,
             )
+
+    async def _answers(self) -> bool:
+        try:
+            await self._client.system_stats(timeout=2.0)
+        except PlasmaError:
+            return False
+        return True
+
+    async def _orphan(self) -> int | None:
+        """The pid of our own earlier child if it still runs, judged by pid file and command line."""
+        try:
+            text = await asyncio.to_thread(self.pid_path.read_text)
+            pid = int(text.strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            ps = await asyncio.create_subprocess_exec(
+                "ps",
+                "-ww",  # the whole command line, whatever COLUMNS says
+                "-o",
+                "command=",
+                "-p",
+                str(pid),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await asyncio.wait_for(ps.communicate(), 10.0)
+        except (OSError, TimeoutError):
+            return None
+        command = out.decode("utf-8", "replace")
+        port = self.argv[self.argv.index("--port") + 1]
+        # A recycled pid is someone else's process: only ours has this script and this port.
+        return pid if "main.py" in command and f"--port {port}" in command else None
+
+    async def _stop_orphan(self, pid: int) -> None:
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while await self._answers() or _alive(pid):
+            if time.monotonic() > deadline:
+                _signal_group(pid, signal.SIGKILL)
+                deadline = time.monotonic() + self.stop_timeout_s  # then the port must come free
+                if not _alive(pid) and not await self._answers():
+                    break
+            await asyncio.sleep(0.2)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         await asyncio.to_thread(_rotate, self.log_path)
@@ -237,6 +300,7 @@ class ManagedComfyUI:
                 self.state = "failed"
                 return
             self._proc = proc
+            await asyncio.to_thread(self.pid_path.write_text, f"{proc.pid}\n")
             self._exit = loop.create_future()
             self.started_at = _now()
             self.error = None
@@ -270,6 +334,7 @@ class ManagedComfyUI:
             self._exited_once.set()
             if self._stop.is_set():
                 log.info("ComfyUI stopped (%s)", describe_exit(code))
+                await asyncio.to_thread(self.pid_path.unlink, True)
                 break
             if time.monotonic() - started > self._stable_after:
                 backoff = self._backoff

@@ -172,8 +172,9 @@ class ComfyClient:
             raise unavailable(self.base_url, exc or "WebSocket connect timed out") from exc
         try:
             await self.submit(graph, prompt_id, client_id)  # only now: the socket already listens
-            return await self.wait(prompt_id, on_progress, timeout, ws, require_images=require_images,
-                                   cancelled=cancelled)
+            return await self.wait(
+                prompt_id, on_progress, timeout, ws, require_images=require_images, cancelled=cancelled
+            )
         finally:
             await ws.close()
 
@@ -237,7 +238,9 @@ class ComfyClient:
                 if status.get("completed") or status.get("status_str") in ("success", "error"):
                     return outcome(prompt_id, entry, require_images)
             elif cancelled is not None and cancelled.is_set() and not await self.in_queue(prompt_id):
-                raise PlasmaError(ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started")
+                raise PlasmaError(
+                    ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started"
+                )
 
     async def _on_event(self, data: str, prompt_id: str, on_progress: ProgressCallback) -> bool:
         try:

@@ -141,6 +141,7 @@ class Daemon:
                     cfg.comfyui_args,
                     cfg.logs_dir / "comfyui.log",
                     comfy,
+                    pid_path=cfg.state_dir / "comfyui.pid",
                 )
                 try:
                     await managed.start()

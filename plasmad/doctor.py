@@ -92,7 +92,7 @@ class Doctor:
         await self._comfyui()
         await self._models()
         await self._custom_nodes()
-        self._kohya(await kohya_task)
+        self._kohya(await kohya_task, await asyncio.to_thread(_accelerate_config))
         await self._disk()
         counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("ok", "warn", "fail")}
         return {
@@ -438,7 +438,7 @@ class Doctor:
             return None
         return await kohya.preflight(cfg.kohya_python, cfg.kohya_script, probe_timeout=PROBE_TIMEOUT_S)
 
-    def _kohya(self, report: kohya.PreflightReport | None) -> None:
+    def _kohya(self, report: kohya.PreflightReport | None, accelerate_config: tuple[str, bool]) -> None:
         req = "INFRA-03"
         if report is None:
             self.add(
@@ -564,7 +564,7 @@ class Doctor:
             )
 
         accel = report.accelerate_version
-        config_note, config_warn = _accelerate_config()
+        config_note, config_warn = accelerate_config
         if accel is None:
             self.add(
                 "kohya.accelerate",

@@ -33,7 +33,7 @@ current_job: ContextVar[str | None] = ContextVar("plasma_job", default=None)
 
 JOBS_SUBDIR = "jobs"
 MAX_JOB_LOGS = 1000  #: older job logs are deleted when a new one starts
-MAX_JOB_LOG_BYTES = 512 * 1024  #: a job's log stops growing here (one line says so)
+MAX_JOB_LOG_BYTES = 512 * 1024  #: a job's log stops growing here (one more line says so)
 MAX_READ_BYTES = 1024 * 1024  #: one `logs` answer carries at most this much
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -182,4 +182,6 @@ async def read_logs(cfg: Config, store: JobStore, body: Any) -> dict[str, Any]:
         raise PlasmaError(ErrorCode.INTERNAL, f"cannot read {path}: {exc}") from exc
     if not answer["exists"] and source == "job":
         answer["note"] = "no log yet: a job's log starts when the worker takes the job"
+    elif not answer["exists"] and source == "comfyui":
+        answer["note"] = "plasmad keeps ComfyUI's output only when it runs ComfyUI itself (COMFYUI_MANAGED=1)"
     return {"source": source, "job": job_id, **answer}

@@ -102,7 +102,8 @@ class Service:
         )
         await self.store.add(job)
         self.queue.notify()
-        log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed)
+        # `job_id`: this line opens the job's own log too (plasmad.job_logs).
+        log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed, extra={"job_id": job.id})
         return job
 
     async def submit_page(self, body: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from plasmad import kohya
 from plasmad.config import Config
+from plasmad.errors import PlasmaError, not_configured
 from plasmad.trainer import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,12 @@ class KohyaTrainer:
         }
         # The command line is checked now too (extra args that touch our flags, the name), so a bad
         # KOHYA_EXTRA_ARGS is refused at submission rather than after the queue.
-        kohya.build_command(self._python, self._script, self._params(spec, report.mixed_precision))
+        try:
+            kohya.build_command(self._python, self._script, self._params(spec, report.mixed_precision))
+        except PlasmaError as exc:
+            if exc.field != "extra_args":
+                raise
+            raise not_configured("KOHYA_EXTRA_ARGS", exc.message.split(": ", 1)[-1]) from None
         return Prepared(settings=settings, warnings=[f"kohya: {w}" for w in report.warnings])
 
     def _params(self, spec: TrainSpec, mixed_precision: kohya.MixedPrecision) -> kohya.KohyaParams:

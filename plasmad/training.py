@@ -144,18 +144,20 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
             data = f.read()
     except OSError:
         return []
-    shown = [
-        line.split("\r")[-1] if line.split("\r")[-1].strip() else ""
-        for line in data.decode("utf-8", "replace").split("\n")
-    ]
-    if len(data) == TAIL_BYTES and shown:
-        shown = shown[1:]  # the first line was cut by the seek
-    return [line.rstrip() for line in shown if line.strip()][-lines:]
+    text = data.decode("utf-8", "replace").split("\n")
+    if len(data) == TAIL_BYTES:
+        text = text[1:]  # the first line was cut by the seek
+    shown = []
+    for line in text:
+        drawings = [d for d in line.split("\r") if d.strip()]
+        if drawings:
+            shown.append(drawings[-1].rstrip())
+    return shown[-lines:]
 
 
 def _interrupted_reason(state: dict[str, Any], checkpoints: list[dict[str, Any]], why: str) -> str:
     step, total = state.get("step"), state.get("total")
-    where = f" at step {step} of {total}" if step else ""
+    where = f" (last recorded: step {step} of {total})" if step else ""
     kept = len([c for c in checkpoints if c["complete"]])
     return f"{why}{where}; {kept} checkpoint{'s' if kept != 1 else ''} kept"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -112,8 +111,9 @@ class Rig:
         assert resp.status == 200, await resp.text()
         return dict(await resp.json())
 
-    async def wait(self, training_id: str, check: Callable[[dict[str, Any]], bool] | None = None,
-                   timeout: float = 20.0) -> dict[str, Any]:
+    async def wait(
+        self, training_id: str, check: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 20.0
+    ) -> dict[str, Any]:
         async def reached() -> dict[str, Any] | None:
             t = await self.status(training_id)
             return t if (check(t) if check else t["status"] in FINISHED) else None
@@ -140,7 +140,11 @@ async def open_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
             await server.start_server()
             exits.push_async_callback(server.close)
             exits.callback(release_fake, peer)
-            settings: dict[str, Any] = {"kohya_python": python, "kohya_script": FAKE_KOHYA, "trainer": "kohya"}
+            settings: dict[str, Any] = {
+                "kohya_python": python,
+                "kohya_script": FAKE_KOHYA,
+                "trainer": "kohya",
+            }
             settings.update(overrides)
             cfg = make_config(tmp_path, str(server.make_url("")).rstrip("/"), **settings)
             store = JobStore(cfg.db_path)
@@ -187,8 +191,13 @@ async def test_batch_size_2_is_a_400(rig: Rig, spelling: str) -> None:
     resp = await rig.post("/loras/train", {"datasetDir": str(rig.dataset), "outputName": NAME, spelling: 2})
     error = await expect_error(resp, 400, "batch_size")
     assert "batch size 1 is the only safe value" in error["message"]
-    answer = await rpc(rig.service, "train", {"datasetDir": str(rig.dataset), "outputName": NAME, "batch_size": 2})
-    assert answer["error"]["code"] == ErrorCode.INVALID_INPUT and answer["error"]["data"]["field"] == "batch_size"
+    answer = await rpc(
+        rig.service, "train", {"datasetDir": str(rig.dataset), "outputName": NAME, "batch_size": 2}
+    )
+    assert (
+        answer["error"]["code"] == ErrorCode.INVALID_INPUT
+        and answer["error"]["data"]["field"] == "batch_size"
+    )
     assert await rig.store.recent(kind=JobKind.TRAIN) == []
 
 
@@ -239,7 +248,9 @@ async def test_a_second_training_is_a_409_while_one_is_queued(open_rig: OpenRig)
 
 async def test_preflight_refusal_and_warnings(open_rig: OpenRig, tmp_path: Path) -> None:
     # A venv without torch is refused at submission (503, not after hours in the queue).
-    broken = write_fake_python(tmp_path / "broken", {**probe_answer(), "torch": None, "torch_error": "no torch"})
+    broken = write_fake_python(
+        tmp_path / "broken", {**probe_answer(), "torch": None, "torch_error": "no torch"}
+    )
     rig = await open_rig(start_worker=False, kohya_python=broken)
     resp = await rig.post("/loras/train", {"datasetDir": str(rig.dataset), "outputName": NAME})
     error = await expect_error(resp, 503)
@@ -269,15 +280,22 @@ async def test_success_end_to_end(rig: Rig, tmp_path: Path, monkeypatch: pytest.
     assert all(c["complete"] for c in done["checkpoints"])
     assert done["loss"] is not None and done["secPerStep"] is not None
     assert done["etaSeconds"] is None and done["reason"] == "kohya wrote the final LoRA"
-    assert Path(done["logFile"]).is_file() and done["logTail"], done
+    assert await asyncio.to_thread(Path(done["logFile"]).is_file) and done["logTail"], done
     assert Path(done["outputDir"]) == rig.cfg.trainings_dir / t["id"] / "output"
     assert rig.fake.freed == 1  # ComfyUI was asked to unload its models first
     # The launch: accelerate, kohya's parameters, fp16 chosen by the preflight (an Apple GPU).
     launch = json.loads((tmp_path / "launch.json").read_text())
     assert launch[:2] == ["-m", "accelerate.commands.launch"]
-    for flag, value in (("--mixed_precision", "fp16"), ("--train_batch_size", "1"), ("--optimizer_type", "AdamW"),
-                        ("--network_dim", "32"), ("--network_alpha", "16"), ("--resolution", "64,64"),
-                        ("--save_every_n_steps", "2"), ("--output_name", NAME)):
+    for flag, value in (
+        ("--mixed_precision", "fp16"),
+        ("--train_batch_size", "1"),
+        ("--optimizer_type", "AdamW"),
+        ("--network_dim", "32"),
+        ("--network_alpha", "16"),
+        ("--resolution", "64,64"),
+        ("--save_every_n_steps", "2"),
+        ("--output_name", NAME),
+    ):
         assert launch[launch.index(flag) + 1] == value, flag
     assert launch[launch.index("--pretrained_model_name_or_path") + 1].endswith(CHECKPOINT_SD15)
     # The job view (GET /jobs/:id) sees the same job, and the list shows it.
@@ -294,7 +312,9 @@ async def test_no_data_is_told_apart(rig: Rig, monkeypatch: pytest.MonkeyPatch) 
     assert t["status"] == "failed" and t["outcome"] == "no_data"
     assert "No data found" in t["reason"] and "<repeats>_<token>" in t["advice"]
     job = await (await rig.client.get(f"/jobs/{t['id']}")).json()
-    assert job["error"]["code"] == ErrorCode.TRAINING_FAILED and job["error"]["details"]["outcome"] == "no_data"
+    assert (
+        job["error"]["code"] == ErrorCode.TRAINING_FAILED and job["error"]["details"]["outcome"] == "no_data"
+    )
     assert t["checkpoints"] == []
 
 
@@ -325,13 +345,17 @@ async def test_cancel_stops_the_group_and_keeps_the_checkpoints(
     assert "SIGTERM" in (tmp_path / "signals.log").read_text()
 
 
-async def test_a_generation_waits_for_the_training_then_runs(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_generation_waits_for_the_training_then_runs(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_KOHYA_SLOW", "1")
     monkeypatch.setenv("FAKE_KOHYA_STEP_DELAY", "0.25")
     t = await rig.train(steps=6, saveEverySteps=2)
     await rig.wait(t["id"], lambda s: s["status"] == "running")
-    resp = await rig.post("/jobs", {"prompt": "spyke_plasma_v1, standing", "resolution": {"width": 64, "height": 64},
-                                    "steps": 2})
+    resp = await rig.post(
+        "/jobs",
+        {"prompt": "spyke_plasma_v1, standing", "resolution": {"width": 64, "height": 64}, "steps": 2},
+    )
     assert resp.status == 202
     job_id = (await resp.json())["id"]
     for _ in range(5):  # while the training holds the GPU, the generation only waits
@@ -373,11 +397,29 @@ async def test_abandon_stops_a_trainer_left_running(tmp_path: Path) -> None:
     # A daemon killed mid-training leaves kohya running in its own session: the restart stops it.
     cfg = make_config(tmp_path, kohya_python=Path(sys.executable), kohya_script=FAKE_KOHYA)
     output = tmp_path / "state" / "trainings" / "t_0123456789ab" / "output"
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output_dir", str(output)],
-                              start_new_session=True)
+    orphan = subprocess.Popen(  # noqa: ASYNC220 (an orphan made the way kohya is started: its own session)
+        [sys.executable, "-c", "import time; time.sleep(60)", "--output_dir", str(output)],
+        start_new_session=True,
+    )
     try:
-        spec = TrainSpec("t_0123456789ab", NAME, tmp_path, tmp_path, None, "x", tmp_path / "x", 6, 2, 64, 32, 16,
-                         1e-4, 42, output, tmp_path / "train.log")
+        spec = TrainSpec(
+            "t_0123456789ab",
+            NAME,
+            tmp_path,
+            tmp_path,
+            None,
+            "x",
+            tmp_path / "x",
+            6,
+            2,
+            64,
+            32,
+            16,
+            1e-4,
+            42,
+            output,
+            tmp_path / "train.log",
+        )
         await KohyaTrainer(cfg).abandon(spec, {})
         assert orphan.wait(10) == -signal.SIGTERM
     finally:
@@ -403,13 +445,23 @@ async def test_samples_then_promote(rig: Rig, monkeypatch: pytest.MonkeyPatch) -
     loras = rig.cfg.comfyui_dir / "models" / "loras"  # type: ignore[operator]
     before = {p.name: p.read_bytes() for p in loras.glob("*.safetensors")}
 
-    body = {"prompts": ["spyke_plasma_v1, close-up", "spyke_plasma_v1, full body"], "seed": 7, "steps": 2,
-            "resolution": {"width": 64, "height": 64}, "includeBase": True}
+    body = {
+        "prompts": ["spyke_plasma_v1, close-up", "spyke_plasma_v1, full body"],
+        "seed": 7,
+        "steps": 2,
+        "resolution": {"width": 64, "height": 64},
+        "includeBase": True,
+    }
     resp = await rig.post(f"/loras/{t['id']}/samples", body)
     assert resp.status in (200, 202), await resp.text()
     answer = await resp.json()
     assert answer["total"] == 5 * 2 and [r["label"] for r in answer["rows"]] == [
-        "base (no LoRA)", "step 2", "step 4", "step 6", "final (step 6)"]
+        "base (no LoRA)",
+        "step 2",
+        "step 4",
+        "step 6",
+        "final (step 6)",
+    ]
 
     async def done() -> dict[str, Any] | None:
         a = dict(await (await rig.client.get(f"/loras/{t['id']}/samples")).json())
@@ -423,7 +475,9 @@ async def test_samples_then_promote(rig: Rig, monkeypatch: pytest.MonkeyPatch) -
     graphs = [p["prompt"] for p in rig.fake.prompts]
     seeds = sorted({n["inputs"]["seed"] for g in graphs for n in g.values() if n["class_type"] == "KSampler"})
     assert seeds == [7, 8]
-    used = sorted({n["inputs"]["lora_name"] for g in graphs for n in g.values() if n["class_type"] == "LoraLoader"})
+    used = sorted(
+        {n["inputs"]["lora_name"] for g in graphs for n in g.values() if n["class_type"] == "LoraLoader"}
+    )
     assert used == [f"plasma-samples/{t['id']}/{f}" for f in [*STEP_FILES, f"{NAME}.safetensors"]]
     # Asking again for the same set reuses it: nothing more is queued.
     again = await (await rig.post(f"/loras/{t['id']}/samples", body)).json()
@@ -444,14 +498,23 @@ async def test_samples_then_promote(rig: Rig, monkeypatch: pytest.MonkeyPatch) -
     await expect_error(resp, 409, "name")
     assert (loras / f"{NAME}.safetensors").read_bytes() == (output / STEP_FILES[1]).read_bytes()
     resp = await rig.post(f"/loras/{t['id']}/promote", {"name": "spyke_final"})
-    assert resp.status == 200 and (loras / "spyke_final.safetensors").read_bytes() == (
-        output / f"{NAME}.safetensors").read_bytes()
+    assert (
+        resp.status == 200
+        and (loras / "spyke_final.safetensors").read_bytes() == (output / f"{NAME}.safetensors").read_bytes()
+    )
     await expect_error(await rig.post(f"/loras/{t['id']}/promote", {"step": 3}), 400, "step")
     # The artist's own files were never touched.
     assert {p.name: p.read_bytes() for p in loras.glob("*.safetensors") if p.name in before} == before
     # And the promoted LoRA generates.
-    resp = await rig.post("/jobs", {"prompt": "x", "loraId": f"{NAME}.safetensors", "steps": 2,
-                                    "resolution": {"width": 64, "height": 64}})
+    resp = await rig.post(
+        "/jobs",
+        {
+            "prompt": "x",
+            "loraId": f"{NAME}.safetensors",
+            "steps": 2,
+            "resolution": {"width": 64, "height": 64},
+        },
+    )
     assert resp.status == 202
 
 
@@ -465,7 +528,9 @@ async def test_samples_need_a_finished_training(open_rig: OpenRig) -> None:
 # --- a real plasmad, killed with SIGKILL mid-training ---------------------------------------------------
 
 
-def _wait_http(d: DaemonProcess, path: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:
+def _wait_http(
+    d: DaemonProcess, path: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         status, body = d.http("GET", path)
@@ -490,11 +555,16 @@ def test_a_restart_during_a_training_reports_it_interrupted_with_its_checkpoints
         "FAKE_KOHYA_STEP_DELAY": "0.5",
     }
     d1: DaemonProcess = start_daemon(**env)
-    status, t = d1.http("POST", "/loras/train", {"datasetDir": str(dataset), "outputName": NAME, "steps": 6,
-                                                 "saveEverySteps": 2})
+    status, t = d1.http(
+        "POST",
+        "/loras/train",
+        {"datasetDir": str(dataset), "outputName": NAME, "steps": 6, "saveEverySteps": 2},
+    )
     assert status == 202, t
-    assert any("did not free its memory" in w for w in _wait_http(
-        d1, f"/loras/{t['id']}/status", lambda s: len(s["checkpoints"]) >= 1)["warnings"])
+    assert any(
+        "did not free its memory" in w
+        for w in _wait_http(d1, f"/loras/{t['id']}/status", lambda s: len(s["checkpoints"]) >= 1)["warnings"]
+    )
     d1.kill9()
 
     d2: DaemonProcess = start_daemon(**env)
@@ -503,8 +573,148 @@ def test_a_restart_during_a_training_reports_it_interrupted_with_its_checkpoints
     assert after["checkpoints"] and after["checkpoints"][0]["file"] == STEP_FILES[0]
     assert "stopped during the training" in after["reason"] and "kept" in after["reason"]
     # No trainer of it is left running.
-    ps = subprocess.run(["ps", "-ww", "-A", "-o", "command="], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(
+        ["ps", "-ww", "-A", "-o", "command="], capture_output=True, text=True, check=True
+    ).stdout
     assert after["outputDir"] not in ps
     # A new training is accepted.
     status, again = d2.http("POST", "/loras/train", {"datasetDir": str(dataset), "outputName": "second"})
     assert status == 202, again
+
+
+def test_plasmactl_train_commands(daemon_env: DaemonEnv, start_daemon: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from plasmactl.cli import cli
+    from plasmactl.output import Exit
+
+    make_models_dir(tmp_path / "ComfyUI")
+    dataset = make_dataset(tmp_path / "data")
+    d: DaemonProcess = start_daemon(
+        COMFYUI_DIR=str(tmp_path / "ComfyUI"),
+        COMFYUI_URL="http://127.0.0.1:9",
+        PLASMA_CHECKPOINT=CHECKPOINT_SD15,
+        KOHYA_PYTHON=str(write_fake_python(tmp_path)),
+        KOHYA_SCRIPT=str(FAKE_KOHYA),
+        FAKE_KOHYA_DELAY="0.001",
+    )
+    runner = CliRunner()
+
+    def ctl(*args: str) -> Any:
+        return runner.invoke(cli, ["--socket", str(d.denv.socket), *args])
+
+    refused = ctl("train", str(dataset), "--name", NAME, "--batch-size", "2")
+    assert refused.exit_code == Exit.USAGE and "batch size 1 is the only safe value" in refused.output
+    started = ctl("train", str(dataset), "--name", NAME, "--steps", "6", "--save-every", "2")
+    assert started.exit_code == 0, started.output
+    training_id = started.stdout.strip().splitlines()[0]
+    assert training_id.startswith("t_")
+    waited = ctl("train-status", training_id, "--wait", "--json")
+    assert waited.exit_code == 0, waited.output
+    assert json.loads(waited.stdout)["status"] == "succeeded"
+    _real_looking_loras(Path(json.loads(waited.stdout)["outputDir"]))  # the FAKE's files are all alike
+    shown = ctl("train-status", training_id)
+    assert "6/6" in shown.stdout and f"{NAME}-step00000004.safetensors" in shown.stdout
+    listing = ctl("loras")
+    assert (
+        listing.exit_code == 0
+        and training_id in listing.stdout
+        and "spyke_sd15.safetensors" in listing.stdout
+    )
+    promoted = ctl("lora", "promote", training_id, "--step", "4", "--as", "spyke_v1_s4")
+    assert promoted.exit_code == 0, promoted.output
+    assert (tmp_path / "ComfyUI" / "models" / "loras" / "spyke_v1_s4.safetensors").is_file()
+    assert "could not ask ComfyUI" in promoted.stderr  # no ComfyUI here: said, not hidden
+    again = ctl("lora", "promote", training_id, "--step", "2", "--as", "spyke_v1_s4")
+    assert again.exit_code == Exit.CONFLICT and "not replaced" in again.stderr
+    late = ctl("train-cancel", training_id)
+    assert late.exit_code == Exit.CONFLICT
+
+
+# --- the ComfyUI trainer's graph and file format (no ComfyUI needed) -------------------------------------
+
+
+def test_the_training_template_fills_and_fixes_the_hardware_rules() -> None:
+    from plasmad.config import BUNDLED_TEMPLATES
+    from plasmad.templates import load_template
+    from plasmad.trainer_comfy import TEMPLATE
+
+    template = load_template(BUNDLED_TEMPLATES, TEMPLATE)
+    graph = template.fill(
+        {"steps": 3, "rank": 8, "existing_lora": "plasma-train/t_x/t_x_2_steps_.safetensors"}
+    )
+    classes = {n["class_type"]: n["inputs"] for n in graph.values()}
+    assert set(classes) == {
+        "CheckpointLoaderSimple",
+        "LoadImageTextDataSetFromFolder",
+        "MakeTrainingDataset",
+        "TrainLoraNode",
+        "SaveLoRA",
+    }
+    train = classes["TrainLoraNode"]
+    # Fixed in the graph, not slots: batch size 1 (GEN-06) and AdamW (never an 8-bit optimizer).
+    assert (train["batch_size"], train["grad_accumulation_steps"], train["optimizer"]) == (1, 1, "AdamW")
+    assert (train["steps"], train["rank"], train["algorithm"]) == (3, 8, "LoRA")
+    assert "batch_size" not in template.slots and "optimizer" not in template.slots
+
+
+def test_chunks_follow_kohyas_saving_rule() -> None:
+    from plasmad.trainer_comfy import chunk_ends, saves_step_file
+
+    assert chunk_ends(1000, 200) == [200, 400, 600, 800, 1000]
+    assert chunk_ends(4, 2) == [2, 4] and chunk_ends(5, 2) == [2, 4, 5] and chunk_ends(4, 10) == [4]
+    assert [saves_step_file(e, 5, 2) for e in (2, 4, 5)] == [True, True, False]
+    assert saves_step_file(4, 4, 2) and not saves_step_file(4, 4, 4)  # kohya: 0 = no step files
+
+
+def test_a_comfyui_lora_is_rewritten_in_kohyas_layout(tmp_path: Path) -> None:
+    from plasmad import modelfiles
+    from plasmad.trainer_comfy import to_kohya
+
+    # SaveLoRA's keys and shapes (as 0.3.75 writes them: conv LoRAs flattened), with real data bytes.
+    def entry(dtype: str, shape: list[int], start: int) -> tuple[dict[str, Any], int]:
+        n = 4
+        for d in shape:
+            n *= d
+        return {"dtype": dtype, "shape": shape, "data_offsets": [start, start + n]}, start + n
+
+    header: dict[str, Any] = {}
+    offset = 0
+    for key, shape in (
+        ("diffusion_model.input_blocks.1.0.in_layers.2.lora_down.weight", [4, 320 * 9]),
+        ("diffusion_model.input_blocks.1.0.in_layers.2.lora_up.weight", [320, 4]),
+        ("diffusion_model.input_blocks.1.0.in_layers.2.alpha", []),
+        ("diffusion_model.input_blocks.1.0.in_layers.2.diff_b", [320]),
+        ("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.lora_down.weight", [4, 768]),
+        ("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.lora_up.weight", [320, 4]),
+    ):
+        header[key], offset = entry("F32", shape, offset)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    data = bytes(range(256)) * (offset // 256) + bytes(offset % 256)
+    src = tmp_path / "chunk_00001_.safetensors"
+    src.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+    shapes = {"input_blocks.1.0.in_layers.2": [320, 320, 3, 3]}
+
+    dst = tmp_path / "out" / "spyke-step00000002.safetensors"
+    to_kohya(src, dst, shapes, {"ss_network_dim": "4", "ss_base_model_version": "sd_v1"})
+    tensors, meta = modelfiles.read_header(dst)
+    assert tensors["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"]["shape"] == [4, 320, 3, 3]
+    assert tensors["lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight"]["shape"] == [320, 4, 1, 1]
+    assert tensors["lora_unet_input_blocks_1_0_in_layers_2.alpha"]["shape"] == []
+    assert "lora_unet_input_blocks_1_0_in_layers_2.diff_b" in tensors
+    assert meta["ss_network_dim"] == "4"
+    assert (modelfiles.inspect(dst).role, modelfiles.inspect(dst).family) == ("lora", "sd15")
+    # The tensors are the same bytes, at the same offsets after the new header.
+    raw = dst.read_bytes()
+    assert raw.endswith(data) and len(raw) == 8 + int.from_bytes(raw[:8], "little") + len(data)
+    # A name is written once: never overwritten.
+    with pytest.raises(Exception, match="not overwritten"):
+        to_kohya(src, dst, shapes, {})
+
+
+async def test_extra_args_that_touch_our_flags_are_a_configuration_error(open_rig: OpenRig) -> None:
+    rig = await open_rig(start_worker=False, kohya_extra_args=("--train_batch_size", "4"))
+    resp = await rig.post("/loras/train", {"datasetDir": str(rig.dataset), "outputName": NAME})
+    error = await expect_error(resp, 503, "KOHYA_EXTRA_ARGS")
+    assert "set by Plasma" in error["message"]

@@ -75,9 +75,19 @@ def test_train_sample_promote_generate(
     name_in_steps = [f.replace("spyke_test", name) for f in STEP_FILES[:2]]
 
     started = time.monotonic()
-    status, t = daemon.http("POST", "/loras/train", {
-        "datasetDir": str(dataset), "outputName": name, "steps": 4, "saveEverySteps": 2, "resolution": 64,
-        "learningRate": 1e-3, "networkDim": 8})
+    status, t = daemon.http(
+        "POST",
+        "/loras/train",
+        {
+            "datasetDir": str(dataset),
+            "outputName": name,
+            "steps": 4,
+            "saveEverySteps": 2,
+            "resolution": 64,
+            "learningRate": 1e-3,
+            "networkDim": 8,
+        },
+    )
     assert status == 202, t
     cleanup.append(loras / "plasma-samples" / t["id"])
     assert t["trainer"] == "comfyui" and any("NO GPU" in w for w in t["warnings"])
@@ -99,8 +109,11 @@ def test_train_sample_promote_generate(
 
     # Samples: every checkpoint, the same prompt and seed, one sheet.
     started = time.monotonic()
-    status, s = daemon.http("POST", f"/loras/{t['id']}/samples", {
-        "prompts": ["spyke_plasma_v1, full body, standing, white background"], "seed": 5, **SMALL})
+    status, s = daemon.http(
+        "POST",
+        f"/loras/{t['id']}/samples",
+        {"prompts": ["spyke_plasma_v1, full body, standing, white background"], "seed": 5, **SMALL},
+    )
     assert status in (200, 202), s
     s = poll(daemon, f"/loras/{t['id']}/samples", lambda a: a["state"] == "done" and bool(a["sheet"]))
     samples_seconds = time.monotonic() - started
@@ -109,9 +122,12 @@ def test_train_sample_promote_generate(
     # Promote step 4; ComfyUI lists it; a generation with it succeeds and every key loads.
     status, p = daemon.http("POST", f"/loras/{t['id']}/promote", {"step": 4})
     assert status == 200 and p["listed"] is True, p
-    assert (loras / f"{name}.safetensors").read_bytes() == (Path(done["outputDir"]) / name_in_steps[1]).read_bytes()
-    status, job = daemon.http("POST", "/jobs", {"prompt": "spyke_plasma_v1, full body", "loraId": p["loraId"],
-                                               "seed": 5, **SMALL})
+    assert (loras / f"{name}.safetensors").read_bytes() == (
+        Path(done["outputDir"]) / name_in_steps[1]
+    ).read_bytes()
+    status, job = daemon.http(
+        "POST", "/jobs", {"prompt": "spyke_plasma_v1, full body", "loraId": p["loraId"], "seed": 5, **SMALL}
+    )
     assert status == 202, job
     with_lora = daemon.wait_job(job["id"])
     assert with_lora["status"] == "succeeded", with_lora
@@ -121,16 +137,27 @@ def test_train_sample_promote_generate(
     with comfyui.log.open("rb") as f:
         f.seek(log_start)
         assert b"lora key not loaded" not in f.read()
-    print(f"\ntiny ComfyUI training, 4 steps: {train_seconds:.1f} s; 3 samples + sheet: {samples_seconds:.1f} s")
+    print(
+        f"\ntiny ComfyUI training, 4 steps: {train_seconds:.1f} s; 3 samples + sheet: {samples_seconds:.1f} s"
+    )
 
 
 def test_cancel_interrupts_the_training_prompt(
     comfyui: ComfyServer, daemon: DaemonProcess, tmp_path: Path, cleanup: list[Path]
 ) -> None:
     dataset = make_dataset(tmp_path / "data")
-    status, t = daemon.http("POST", "/loras/train", {
-        "datasetDir": str(dataset), "outputName": f"plasma-cancel-{secrets.token_hex(3)}", "steps": 400,
-        "saveEverySteps": 400, "resolution": 64, "networkDim": 4})
+    status, t = daemon.http(
+        "POST",
+        "/loras/train",
+        {
+            "datasetDir": str(dataset),
+            "outputName": f"plasma-cancel-{secrets.token_hex(3)}",
+            "steps": 400,
+            "saveEverySteps": 400,
+            "resolution": 64,
+            "networkDim": 4,
+        },
+    )
     assert status == 202, t
     poll(daemon, f"/loras/{t['id']}/status", lambda s: s["status"] == "running" and s["step"] >= 2)
     started = time.monotonic()

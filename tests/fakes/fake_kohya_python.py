@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 FAKE_KOHYA = REPO / "tests" / "fakes" / "fake_kohya.py"
 
-_BODY = r'''
+_BODY = r"""
 import json, os, sys
 ANSWER = json.loads(__ANSWER__)
 args = sys.argv[1:]
@@ -36,7 +36,7 @@ if args[:2] == ["-m", "accelerate.commands.launch"]:
     while args and args[0].startswith("--"):
         args = args[2:]  # the launcher's own options: --num_cpu_threads_per_process 2
 os.execv(sys.executable, [sys.executable, *args])
-'''
+"""
 
 
 def probe_answer(device: str = "mps", accelerate: str = "1.10.1") -> dict[str, object]:
