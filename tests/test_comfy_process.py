@@ -362,7 +362,8 @@ def test_managed_mode_refuses_to_start_on_a_taken_port(tmp_path: Path, daemon_en
         await server.start_server()
         try:
             daemon_env.env.update(env)
-            proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("PLASMA_", "COMFYUI_"))}
+            settings = ("PLASMA_", "COMFYUI_", "KOHYA_")
+            proc_env = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "plasmad.daemon", env={**proc_env, **daemon_env.env},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -22,8 +22,6 @@ from typing import TypeVar
 
 import pytest
 
-from tests.fakes import fake_kohya
-
 from plasmad.errors import ErrorCode, PlasmaError
 from plasmad.kohya import (
     OOM_ADVICE,
@@ -43,6 +41,7 @@ from plasmad.kohya import (
     safetensors_complete,
     scan_checkpoints,
 )
+from tests.fakes import fake_kohya
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "fakes" / "fake_kohya.py"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -221,8 +222,9 @@ def test_cli_doctor_renders_and_exits_9_on_a_failure(daemon: DaemonThread) -> No
 
 def test_cli_doctor_without_a_daemon_checks_from_the_shell(tmp_path: Path) -> None:
     (tmp_path / "none.toml").write_text("")
-    env = {"PLASMA_CONFIG": str(tmp_path / "none.toml"), "PLASMA_STATE_DIR": str(tmp_path / "state"),
-           "COMFYUI_URL": "http://127.0.0.1:9", "COMFYUI_DIR": None, "PLASMA_CHECKPOINT": None}
+    inherited = {k: None for k in os.environ if k.startswith(("PLASMA_", "COMFYUI_", "KOHYA_"))}
+    env = {**inherited, "PLASMA_CONFIG": str(tmp_path / "none.toml"),
+           "PLASMA_STATE_DIR": str(tmp_path / "state"), "COMFYUI_URL": "http://127.0.0.1:9"}
     result = run_cli(["--socket", str(tmp_path / "no.sock"), "doctor"], env=env)  # type: ignore[arg-type]
     assert result.exit_code == 9, result.output
     assert "plasmad is not running" in result.output  # said on stderr, and as a warn line

@@ -7,6 +7,7 @@ temporary HOME, where an existing file with other content must never be replaced
 
 from __future__ import annotations
 
+import os
 import plistlib
 import shutil
 import subprocess
@@ -137,8 +138,14 @@ def test_systemd_itself_accepts_the_unit(env: dict[str, str], tmp_path: Path) ->
     assert complaints == []  # no "ignoring" warnings about our lines either
 
 
+def cli_env(env: dict[str, str], **changes: str | None) -> dict[str, str | None]:
+    """`env` for plasmactl in-process: settings of the shell running the tests are left out."""
+    inherited = {k: None for k in os.environ if k.startswith(("PLASMA_", "COMFYUI_", "KOHYA_"))}
+    return {**inherited, **env, **changes}
+
+
 def install(env: dict[str, str], *args: str) -> Result:
-    return run_cli(["service", "install", *args], env=dict(env, XDG_CONFIG_HOME=None))  # type: ignore[arg-type]
+    return run_cli(["service", "install", *args], env=cli_env(env, XDG_CONFIG_HOME=None))  # type: ignore[arg-type]
 
 
 def test_install_writes_once_and_never_overwrites_silently(env: dict[str, str]) -> None:
@@ -179,7 +186,7 @@ def test_install_the_launchd_agent_and_print(env: dict[str, str]) -> None:
 
 def test_install_honours_xdg_config_home(env: dict[str, str], tmp_path: Path) -> None:
     result = run_cli(["service", "install", "--system", "systemd", "--json"],
-                     env=dict(env, XDG_CONFIG_HOME=str(tmp_path / "xdg")))
+                     env=cli_env(env, XDG_CONFIG_HOME=str(tmp_path / "xdg")))  # type: ignore[arg-type]
     assert result.exit_code == 0, result.output
     assert (tmp_path / "xdg" / "systemd" / "user" / "plasmad.service").is_file()
 
