@@ -11,30 +11,46 @@ import filecmp
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
-def _temp_beside(path: Path, data: bytes) -> Path:
-    """Write `data` to a temp file in the destination's folder (same filesystem: rename is atomic)."""
+def _temp_beside(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """A temp file in the destination's folder (same filesystem: rename and link are atomic),
+    filled by `write` and flushed to disk, readable by all like any file we publish."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
 
 
+def _publish_new(tmp: Path, path: Path) -> bool:
+    """Link `tmp` into place as `path` unless something is there; False if something is.
+
+    link(2) fails when the name exists, so two writers can never both win the same name.
+    """
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def replace_atomic(path: Path, data: bytes) -> None:
     """Replace (or create) `path` in one step: readers see the old file or the new one, never half."""
-    tmp = _temp_beside(path, data)
+    tmp = _temp_beside(path, lambda f: f.write(data))
     try:
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -42,19 +58,8 @@ def replace_atomic(path: Path, data: bytes) -> None:
 
 
 def create_new(path: Path, data: bytes) -> bool:
-    """Create `path` with `data` only if nothing is there yet; False if something is.
-
-    link(2) fails when the name exists, so two writers can never both win the same name.
-    """
-    tmp = _temp_beside(path, data)
-    try:
-        os.chmod(tmp, 0o644)
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Create `path` with `data` only if nothing is there yet; False if something is."""
+    return _publish_new(_temp_beside(path, lambda f: f.write(data)), path)
 
 
 def same_content(path: Path, data: bytes) -> bool:
@@ -65,23 +70,10 @@ def same_content(path: Path, data: bytes) -> bool:
 
 
 def copy_new(src: Path, path: Path) -> bool:
-    """create_new for a file too big to hold in memory (a LoRA): streamed to a temp file beside
-    `path`, then linked into place only if nothing is there yet; False if something is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as f:
-            shutil.copyfileobj(f, out, 1024 * 1024)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    """create_new for a file too big to hold in memory (a LoRA): streamed, then linked into place."""
+    with src.open("rb") as f:
+        tmp = _temp_beside(path, lambda out: shutil.copyfileobj(f, out, 1024 * 1024))
+    return _publish_new(tmp, path)
 
 
 def same_file_content(a: Path, b: Path) -> bool:
