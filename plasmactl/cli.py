@@ -41,6 +41,16 @@ class Ctl:
                 emit_json({"error": err.to_dict()})
             fail_error(err)
 
+    def show(self, data: Any, text: str | Callable[[], None]) -> None:
+        """A command's result: `data` as JSON under --json; otherwise `text` (a line to echo, or a
+        function that prints the result for people, called only then)."""
+        if self.json:
+            emit_json(data)
+        elif callable(text):
+            text()
+        else:
+            click.echo(text)
+
 
 pass_ctl = click.make_pass_decorator(Ctl)
 
@@ -188,10 +198,8 @@ def submit(
     job = ctl.call("submit", **body)
     if wait_for_it:
         _finish(ctl, job["id"])
-    elif ctl.json:
-        emit_json(job)
     else:
-        click.echo(job["id"])
+        ctl.show(job, job["id"])
 
 
 @cli.command()
@@ -216,10 +224,7 @@ def generate(ctl: Ctl, /, chapter: int, page: int, **opts: Any) -> None:
 def status(ctl: Ctl, job_id: str) -> None:
     """Show one job."""
     job = ctl.call("status", id=job_id)
-    if ctl.json:
-        emit_json(job)
-        return
-    _print_job(job)
+    ctl.show(job, lambda: _print_job(job))
 
 
 def _print_job(job: dict[str, Any]) -> None:
@@ -326,10 +331,7 @@ def jobs(ctl: Ctl, status_filter: str | None, limit: int) -> None:
 def cancel(ctl: Ctl, job_id: str) -> None:
     """Cancel a queued or running job."""
     job = ctl.call("cancel", id=job_id)
-    if ctl.json:
-        emit_json(job)
-    else:
-        click.echo(f"{job['id']} {job['status']}")
+    ctl.show(job, f"{job['id']} {job['status']}")
 
 
 @cli.command()
@@ -340,10 +342,7 @@ def cancel(ctl: Ctl, job_id: str) -> None:
 def approve(ctl: Ctl, image: str, undo: bool) -> None:
     """Mark a page image (chXX_pNNN_vN) approved in the generation log."""
     entry = ctl.call("approve", image=image, approved=not undo)
-    if ctl.json:
-        emit_json(entry)
-    else:
-        click.echo(f"{entry['imageFile']}: approved={str(entry['approved']).lower()}")
+    ctl.show(entry, f"{entry['imageFile']}: approved={str(entry['approved']).lower()}")
 
 
 @cli.command()
@@ -351,11 +350,7 @@ def approve(ctl: Ctl, image: str, undo: bool) -> None:
 @pass_ctl
 def shutdown(ctl: Ctl) -> None:
     """Stop plasmad (the same orderly stop as SIGTERM)."""
-    result = ctl.call("shutdown")
-    if ctl.json:
-        emit_json(result)
-    else:
-        click.echo("plasmad is stopping")
+    ctl.show(ctl.call("shutdown"), "plasmad is stopping")
 
 
 # Last: these modules add their commands to `cli` (doctor, bench, logs; `service`; the `dataset`

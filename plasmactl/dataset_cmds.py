@@ -114,6 +114,7 @@ def suggest(ctl: Ctl, sheet: Path, out: Path | None) -> None:
 
 
 def _print_build(result: ds.BuildResult) -> None:
+    _warn(result.warnings)
     was = "" if result.previous_repeats in (None, result.repeats) else f", was {result.previous_repeats}"
     per_epoch = result.images * result.repeats
     click.echo(
@@ -141,11 +142,7 @@ def build(ctl: Ctl, crops: Path, dataset_dir: Path, repeats: int | None, trigger
     Running it again with the same file keeps every file; nothing is ever overwritten.
     """
     result = _local(ctl, ds.build_from_sheet, crops, dataset_dir, trigger, repeats)
-    if ctl.json:
-        emit_json(result.to_dict())
-        return
-    _warn(result.warnings)
-    _print_build(result)
+    ctl.show(result.to_dict(), lambda: _print_build(result))
 
 
 @dataset.command()
@@ -189,11 +186,7 @@ def add(
         ctl, ds.add_image, dataset_dir, image, caption, trigger,
         name=name, flip=not no_flip, background=bg, repeats=repeats,
     )
-    if ctl.json:
-        emit_json(result.to_dict())
-        return
-    _warn(result.warnings)
-    _print_build(result)
+    ctl.show(result.to_dict(), lambda: _print_build(result))
 
 
 @dataset.command()
@@ -205,10 +198,7 @@ def add(
 def repeats(ctl: Ctl, dataset_dir: Path, repeats: int | None, trigger: str) -> None:
     """Rename the image folder for the images it holds now (after removing files by hand)."""
     result = _local(ctl, ds.update_repeats, dataset_dir, trigger, repeats)
-    if ctl.json:
-        emit_json(result.to_dict())
-        return
-    _print_build(result)
+    ctl.show(result.to_dict(), lambda: _print_build(result))
 
 
 @dataset.command()
@@ -227,10 +217,7 @@ def check(ctl: Ctl, dataset_dir: Path, reg_dir: Path | None, trigger: str) -> No
         ctl, ds.check_dataset, dataset_dir, trigger,
         reg_data_dir=reg_dir, reg_required=True if reg_dir is not None else None,
     )
-    if ctl.json:
-        emit_json(report.to_dict())
-    else:
-        click.echo(report.format_table())
+    ctl.show(report.to_dict(), lambda: click.echo(report.format_table()))
     if not report.ok:
         fail(f"{dataset_dir} fails the check: {len(report.problems)} problem(s)", Exit.CHECK_FAILED)
 
@@ -246,10 +233,7 @@ def check(ctl: Ctl, dataset_dir: Path, reg_dir: Path | None, trigger: str) -> No
 def sheet(ctl: Ctl, dataset_dir: Path, out: Path | None) -> None:
     """A contact sheet: one PNG with every image of the dataset and its caption."""
     path = _local(ctl, ds.contact_sheet, dataset_dir, out)
-    if ctl.json:
-        emit_json({"sheet": str(path)})
-    else:
-        click.echo(str(path))
+    ctl.show({"sheet": str(path)}, str(path))
 
 
 @dataset.command()
@@ -309,13 +293,9 @@ def reg(
     except KeyboardInterrupt:
         click.echo("\nstopped watching; plasmad keeps generating (run this again to follow it)", err=True)
         raise
-    if ctl.json:
-        emit_json(summary)
-    else:
-        done, total = summary["present"], summary["count"]
-        made = summary["generated"]
-        click.echo(f"{summary['regDir']}: {done}/{total} reg images ({made} generated now, "
-                   f"{summary['existing']} were there)")
+    done, total, made = summary["present"], summary["count"], summary["generated"]
+    ctl.show(summary, f"{summary['regDir']}: {done}/{total} reg images ({made} generated now, "
+                      f"{summary['existing']} were there)")
     bad = [j for j in summary["jobs"] if j["status"] != "succeeded"]
     if bad:
         if not ctl.json:

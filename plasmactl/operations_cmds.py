@@ -54,6 +54,17 @@ def _doctor_without_daemon(why: str) -> dict[str, Any]:
     return asyncio.run(doctor_checks.standalone(cfg, [first]))
 
 
+def _print_checks(report: dict[str, Any]) -> None:
+    for check in report["checks"]:
+        status = check["status"]
+        label = click.style(f"{status:<4}", fg=_COLOURS.get(status), bold=status == "fail")
+        click.echo(f"{label}  {check['requirement']:<8}  {check['title']:<28}  {check['detail']}")
+        if check.get("fix") and status != "ok":
+            click.echo(f"{'':<4}  {'':<8}  {'':<28}  fix: {check['fix']}")
+    c = report["counts"]
+    click.echo(f"\n{c['ok']} ok, {c['warn']} warn, {c['fail']} fail")
+
+
 @cli.command()
 @json_option
 @pass_ctl
@@ -66,17 +77,7 @@ def doctor(ctl: Ctl) -> None:
         report = _doctor_without_daemon(str(exc))
     except PlasmaError as err:
         fail_error(err)
-    if ctl.json:
-        emit_json(report)
-    else:
-        for check in report["checks"]:
-            status = check["status"]
-            label = click.style(f"{status:<4}", fg=_COLOURS.get(status), bold=status == "fail")
-            click.echo(f"{label}  {check['requirement']:<8}  {check['title']:<28}  {check['detail']}")
-            if check.get("fix") and status != "ok":
-                click.echo(f"{'':<4}  {'':<8}  {'':<28}  fix: {check['fix']}")
-        c = report["counts"]
-        click.echo(f"\n{c['ok']} ok, {c['warn']} warn, {c['fail']} fail")
+    ctl.show(report, lambda: _print_checks(report))
     if not report["ok"]:
         sys.exit(int(Exit.CHECK_FAILED))
 
@@ -169,10 +170,7 @@ def bench(
         if time.monotonic() > deadline:
             fail(f"benchmark {started['id']} was not recorded", Exit.INTERNAL)
         time.sleep(0.25)
-    if ctl.json:
-        emit_json(result)
-    else:
-        _print_result(result)
+    ctl.show(result, lambda: _print_result(result))
     if result["status"] != "succeeded":
         sys.exit(int(Exit.CANCELLED if result["status"] == "cancelled" else Exit.JOB_FAILED))
     if result.get("passed") is False:

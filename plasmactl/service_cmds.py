@@ -232,12 +232,10 @@ def install(ctl: Ctl, print_only: bool, force: bool, system: str) -> None:
         fail(str(exc), Exit.NOT_FOUND)
     t = target(system, spec, env)
     if print_only:
-        if ctl.json:
-            emit_json(
-                {"system": t.system, "path": str(t.path), "content": t.content.decode(), "load": t.load}
-            )
-        else:
-            click.echo(t.content.decode(), nl=False)
+        ctl.show(
+            {"system": t.system, "path": str(t.path), "content": t.content.decode(), "load": t.load},
+            lambda: click.echo(t.content.decode(), nl=False),
+        )
         return
     try:
         spec.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # launchd opens its log files there

@@ -93,10 +93,7 @@ def _follow(ctl: Ctl, training_id: str) -> dict[str, Any]:
 
 def _end(ctl: Ctl, t: dict[str, Any]) -> None:
     """After following: the result, and the exit code of how the training ended."""
-    if ctl.json:
-        emit_json(t)
-    else:
-        _print_training(t)
+    ctl.show(t, lambda: _print_training(t))
     if t["status"] == "succeeded":
         return
     fail(
@@ -181,10 +178,7 @@ def train_status(ctl: Ctl, training_id: str, once: bool, wait_for_it: bool) -> N
         except KeyboardInterrupt:
             click.echo("", err=True)
             return
-    if ctl.json:
-        emit_json(t)
-    else:
-        _print_training(t)
+    ctl.show(t, lambda: _print_training(t))
 
 
 @cli.command("train-cancel")
@@ -194,11 +188,8 @@ def train_status(ctl: Ctl, training_id: str, once: bool, wait_for_it: bool) -> N
 def train_cancel(ctl: Ctl, training_id: str) -> None:
     """Stop a training (SIGTERM to the trainer, SIGKILL after a grace); its checkpoints are kept."""
     t = ctl.call("train_cancel", id=training_id)
-    if ctl.json:
-        emit_json(t)
-        return
     kept = [c for c in t.get("checkpoints", []) if c["complete"]]
-    click.echo(f"{t['id']} {t['status']}; {len(kept)} checkpoint{'s' if len(kept) != 1 else ''} kept")
+    ctl.show(t, f"{t['id']} {t['status']}; {len(kept)} checkpoint{'s' if len(kept) != 1 else ''} kept")
 
 
 @cli.command()
@@ -284,14 +275,11 @@ def lora_samples(ctl: Ctl, /, training_id: str, prompts: tuple[str, ...], no_wai
         answer = ctl.call("lora_samples_status", id=training_id)
     if show and last:
         click.echo("", err=True)
-    if ctl.json:
-        emit_json(answer)
-    elif answer.get("sheet"):
-        click.echo(answer["sheet"])
-    else:
-        click.echo(
-            f"{answer['done']} of {answer['total']} images drawn; run `lora samples {training_id}` again"
-        )
+    ctl.show(
+        answer,
+        answer.get("sheet")
+        or f"{answer['done']} of {answer['total']} images drawn; run `lora samples {training_id}` again",
+    )
     for failure in answer.get("failed", []):
         click.echo(f"warning: sample {failure['job']} failed: {failure['error']}", err=True)
     if answer.get("failed") and answer["state"] == "done":
@@ -316,10 +304,7 @@ def lora_promote(ctl: Ctl, training_id: str, step: int | None, final: bool, name
     if name is not None:
         body["name"] = name
     answer = ctl.call("lora_promote", id=training_id, **body)
-    if ctl.json:
-        emit_json(answer)
-    else:
-        where = "already there" if answer["alreadyThere"] else "copied"
-        click.echo(f"{answer['loraId']}: {where} ({answer['path']}); use it with --lora {answer['loraId']}")
+    where = "already there" if answer["alreadyThere"] else "copied"
+    ctl.show(answer, f"{answer['loraId']}: {where} ({answer['path']}); use it with --lora {answer['loraId']}")
     if answer.get("warning"):
         click.echo(f"warning: {answer['warning']}", err=True)

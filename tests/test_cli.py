@@ -1,14 +1,13 @@
 """plasmactl against a real JSON-RPC server, in-process, over a FAKE ComfyUI.
 
 The server is plasmad's own (`bind_socket` + `start_rpc_server` over the real Service, store and
-queue), run in a background thread's event loop, so click's CliRunner can drive the CLI in the
-main thread exactly as a terminal would, socket and all. One test runs the installed console
-script as a child process.
+queue), run in a background thread's event loop (tests/support/cli.py's DaemonThread; the `daemon`
+fixture is tests/conftest.py's), so click's CliRunner can drive the CLI in the main thread exactly
+as a terminal would, socket and all. One test runs the installed console script as a child process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -16,104 +15,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import warnings
-from collections.abc import Coroutine, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
 
-from plasmactl.cli import cli
 from plasmactl.output import Exit
 from plasmad import pipeline_files
-from tests.fakes.fake_comfyui import FakeComfyUI
-from tests.test_api import Stack, fake_comfyui, make_config, service_stack
+from tests.support.cli import DaemonThread, ctl, run_cli
 
-with warnings.catch_warnings():
-    # jsonrpcserver 5 reads its schema through importlib.resources' deprecated open_text when
-    # imported, and warnings are errors here (the pyproject filter names the wrong module).
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from plasmad.rpc import bind_socket, build_methods, start_rpc_server
-
-T = TypeVar("T")
 PLASMACTL = Path(sys.executable).parent / "plasmactl"
-
-
-class DaemonThread:
-    """plasmad's socket API and worker on their own event loop, in a background thread."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        # AF_UNIX paths are capped near 104 bytes; pytest's tmp paths are long.
-        self.run_dir = Path(tempfile.mkdtemp(prefix="plc-", dir="/tmp"))
-        self.socket = self.run_dir / "s"
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name="plasmad-test", daemon=True)
-        self._exits = AsyncExitStack()
-        self.fake: FakeComfyUI
-        self.stack: Stack
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        self.loop.close()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _start(self) -> None:
-        self.fake, url = await self._exits.enter_async_context(fake_comfyui())
-        cfg = make_config(self.root, url, socket_path=self.socket)
-        self.stack = await self._exits.enter_async_context(service_stack(cfg))
-        server = await start_rpc_server(bind_socket(self.socket), self.stack.service, build_methods())
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        self._exits.push_async_callback(close)
-
-    def start(self) -> DaemonThread:
-        self.thread.start()
-        self.call(self._start())
-        return self
-
-    def stop(self) -> None:
-        try:
-            self.call(self._exits.aclose())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    @property
-    def pipeline(self) -> Path:
-        return self.stack.cfg.pipeline_dir or Path()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(tmp_path).start()
-    yield d
-    d.stop()
-
-
-def run_cli(args: list[str], env: dict[str, str] | None = None) -> Result:
-    """plasmactl in-process; a crash inside it (not a clean exit) fails the test with its traceback."""
-    result = CliRunner().invoke(cli, args, env=env, prog_name="plasmactl")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert "Traceback" not in result.output
-    return result
-
-
-def ctl(daemon: DaemonThread, *args: str) -> Result:
-    return run_cli(["--socket", str(daemon.socket), *args])
 
 
 def submit(daemon: DaemonThread, *args: str) -> str:

@@ -29,7 +29,9 @@ from aiohttp.test_utils import TestServer
 
 from plasmad.comfy_process import BASE_FLAGS, ManagedComfyUI, ManagedStartError, describe_exit
 from plasmad.comfyui import ComfyClient
-from tests.conftest import (
+from tests.fakes.fake_comfyui import FakeComfyUI
+from tests.support.modelfiles import CHECKPOINT_SD15, make_models_dir
+from tests.support.processes import (
     COMFY_DIR,
     COMFY_PYTHON,
     DEMO_CHECKPOINT,
@@ -37,8 +39,6 @@ from tests.conftest import (
     DaemonProcess,
     free_port,
 )
-from tests.fakes.fake_comfyui import FakeComfyUI
-from tests.test_modelfiles import CHECKPOINT_SD15, make_models_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ from plasmad.config import (
     default_socket_path,
     load_config,
 )
-from tests.conftest import DaemonEnv, DaemonProcess, free_port
+from tests.support.processes import DaemonEnv, DaemonProcess, free_port
 
 
 @pytest.fixture

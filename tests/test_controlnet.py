@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image, ImageDraw
 
 from plasmad import comfy_inputs, controlnet, limits, pipeline_files
 from plasmad.config import BUNDLED_TEMPLATES
 from plasmad.errors import ErrorCode, PlasmaError
-from plasmad.http_api import create_app
 from plasmad.templates import (
     IMG2IMG_CONTROLNET,
     IMG2IMG_CONTROLNET_BASE,
@@ -38,10 +36,10 @@ from plasmad.templates import (
     TemplateSet,
     load_template,
 )
-from tests.conftest import DEMO_LORA, ComfyServer, DaemonEnv, DaemonProcess
-from tests.test_api import Api, expect_error, fake_comfyui, make_config, service_stack
-from tests.test_cli import DaemonThread, ctl
-from tests.test_modelfiles import LORA_SD15, SD15_CONTROLNET, SD15_LORA, make_models_dir, write_safetensors
+from tests.support.app import Api, expect_error, rpc, start_api
+from tests.support.cli import DaemonThread, ctl
+from tests.support.modelfiles import LORA_SD15, SD15_CONTROLNET, SD15_LORA, make_models_dir, write_safetensors
+from tests.support.processes import DEMO_LORA, ComfyServer, DaemonEnv, DaemonProcess
 
 DEFAULT_PTH = "control_v11p_sd15_openpose.pth"  # Config's default (INFRA-05's file name)
 CN_SAFETENSORS = "openpose_sd15.safetensors"
@@ -106,7 +104,7 @@ def staged_name(path: Path, suffix: str = ".png") -> str:
 
 
 def make_comfyui_tree(comfyui: Path) -> Path:
-    """The FAKE models of test_modelfiles plus FAKE ControlNets of every kind validation must tell apart."""
+    """make_models_dir's FAKE models plus FAKE ControlNets of every kind validation must tell apart."""
     make_models_dir(comfyui)
     folder = comfyui / "models" / "controlnet"
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,16 +185,11 @@ async def open_cn(tmp_path: Path) -> AsyncIterator[OpenCn]:
     async with AsyncExitStack() as exits:
 
         async def open_(start_worker: bool = True, nodes: dict[str, Any] | None = None, **cfg: Any) -> Api:
-            peer, url = await exits.enter_async_context(fake_comfyui())
-            peer.nodes.update(nodes or {})
             if not (tmp_path / "ComfyUI").exists():
                 make_comfyui_tree(tmp_path / "ComfyUI")
-            config = make_config(tmp_path, url, **cfg)
-            stack = await exits.enter_async_context(service_stack(config, start_worker=start_worker))
-            client: TestClient[Any, Any] = TestClient(TestServer(create_app(stack.service), host="127.0.0.1"))
-            await client.start_server()
-            exits.push_async_callback(client.close)
-            return Api(client, stack, peer)
+            api = await start_api(exits, tmp_path, start_worker, **cfg)
+            api.fake.nodes.update(nodes or {})
+            return api
 
         yield open_
 
@@ -321,8 +314,6 @@ async def test_preprocessor_of_an_unfitting_version_is_400(open_cn: OpenCn, imag
 
 
 async def test_rpc_says_the_same(api: Api, images: dict[str, Path]) -> None:
-    from tests.test_api import rpc
-
     answer = await rpc(api.stack.service, "submit", posed(images["pose"], controlnetStrength=0.95))
     assert answer["error"]["data"]["field"] == "controlnetStrength"
     assert answer["error"]["data"]["code"] == ErrorCode.INVALID_INPUT

@@ -9,7 +9,6 @@ process at 64x64, 2 steps (marked comfyui).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ from PIL import Image, ImageDraw
 from plasmactl import dataset_cmds
 from plasmactl.output import Exit
 from plasmad import dataset as ds
-from tests.conftest import ComfyServer, DaemonProcess
-from tests.test_cli import DaemonThread, ctl, run_cli
-from tests.test_dataset import TRIGGER, draw_figure, make_sheet
+from tests.support.cli import DaemonThread, ctl, run_cli
+from tests.support.images import draw_figure, make_sheet
+from tests.support.processes import ComfyServer, DaemonProcess
+from tests.support.training import TRIGGER
 
 NO_DAEMON = ["--socket", "/nonexistent"]  # the local commands must not need plasmad
 
@@ -203,13 +203,6 @@ def test_trigger_word_from_the_environment(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------- reg, through a FAKE ComfyUI
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(tmp_path).start()
-    yield d
-    d.stop()
 
 
 def reg(socket: Path | str, dataset: Path, *args: str) -> Result:

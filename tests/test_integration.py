@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import DEMO_LORA, ComfyServer, DaemonEnv, DaemonProcess
+from tests.support.processes import DEMO_LORA, ComfyServer, DaemonEnv, DaemonProcess
 
 pytestmark = pytest.mark.comfyui
 

@@ -42,6 +42,7 @@ from plasmad.kohya import (
     scan_checkpoints,
 )
 from tests.fakes import fake_kohya
+from tests.support.kohya import answer, fake_python, sd_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "fakes" / "fake_kohya.py"
@@ -640,41 +641,6 @@ async def test_a_missing_python_is_a_configuration_error(tmp_path: Path) -> None
 
 # --------------------------------------------------------------------------------------------
 # Preflight
-
-
-def sd_scripts(tmp: Path) -> Path:
-    script = tmp / "sd-scripts" / "train_network.py"
-    (script.parent / "library").mkdir(parents=True)
-    script.write_text("# FAKE train_network.py\n")
-    return script
-
-
-def fake_python(tmp: Path, answer: dict[str, object] | None, *, exit_code: int = 0, sleep: float = 0) -> Path:
-    """A FAKE python that ignores `-c PROBE` and answers as the probe would."""
-    path = tmp / "bin" / "python"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = "" if answer is None else "PLASMA_PROBE " + json.dumps(answer)
-    path.write_text(
-        f"#!{sys.executable}\n"
-        "import sys, time\n"
-        f"time.sleep({sleep})\n"
-        "print('torch: some warning on stdout')\n"
-        f"print({line!r})\n"
-        "print('probe went wrong', file=sys.stderr)\n"
-        f"sys.exit({exit_code})\n"
-    )
-    path.chmod(0o755)
-    return path
-
-
-def answer(device: str, accelerate: str = "1.10.1") -> dict[str, object]:
-    return {
-        "python": "3.11.9",
-        "torch": "2.6.0",
-        "device": device,
-        "accelerate": accelerate,
-        "installed": {"torchvision": True, "bitsandbytes": False, "xformers": False, "triton": False},
-    }
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """Operating plasmad: doctor, the benchmark (INFRA-04), per-job logs; the daemon's side and the CLI's.
 
 In-process against the real Service, store, queue and templates over the FAKE ComfyUI peer
-(tests/fakes/fake_comfyui.py), with FAKE model headers (tests/test_modelfiles.py) and a FAKE kohya
-Python (tests/test_kohya.py) where the real thing cannot run here: an Apple GPU, kohya's venv.
+(tests/fakes/fake_comfyui.py), with FAKE model headers (tests/support/modelfiles.py) and a FAKE kohya
+Python (tests/support/kohya.py) where the real thing cannot run here: an Apple GPU, kohya's venv.
 tests/test_comfy_process.py covers the same logs through a real plasmad process.
 """
 
@@ -13,38 +13,26 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from plasmad import bench as bench_module
 from plasmad import doctor as doctor_module
 from plasmad.bench import Bench
 from plasmad.config import BUNDLED_TEMPLATES
 from plasmad.doctor import Doctor, _template_classes
-from plasmad.http_api import create_app
 from plasmad.job_logs import JobFileHandler, JobTagFilter, job_context, read_log
 from plasmad.states import JobKind, JobStatus
 from plasmad.store import Job
 from plasmad.timing import StepTimer
-from tests.test_api import (
-    Api,
-    OpenApi,
-    eventually,
-    expect_error,
-    fake_comfyui,
-    make_config,
-    rpc,
-    service_stack,
-)
-from tests.test_cli import DaemonThread, ctl, run_cli
-from tests.test_kohya import answer, fake_python, sd_scripts
-from tests.test_modelfiles import CHECKPOINT_SD15, CHECKPOINT_SDXL
+from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
+from tests.support.cli import DaemonThread, ctl, run_cli
+from tests.support.kohya import answer, fake_python, sd_scripts
+from tests.support.modelfiles import CHECKPOINT_SD15, CHECKPOINT_SDXL
 
 MAC_ARGV = ["main.py", "--force-fp16", "--fp32-vae", "--listen", "127.0.0.1", "--port", "8188"]
 CONTROLNET = "control_v11p_sd15_openpose.pth"
@@ -62,35 +50,6 @@ def install_everything(a: Api, *, with_nodes: bool = True) -> None:
     (comfyui / "models" / "controlnet").mkdir(parents=True, exist_ok=True)
     (comfyui / "models" / "controlnet" / CONTROLNET).write_bytes(b"PK\x03\x04 FAKE torch.save archive")
     (comfyui / "custom_nodes" / "ComfyUI-Manager").mkdir(parents=True, exist_ok=True)
-
-
-@pytest.fixture
-async def open_api(tmp_path: Path) -> AsyncIterator[OpenApi]:
-    """The real app over the FAKE ComfyUI (as tests/test_api.py builds it)."""
-    async with AsyncExitStack() as exits:
-
-        async def open_(start_worker: bool = True, comfyui_url: str | None = None, **cfg: Any) -> Api:
-            peer, url = await exits.enter_async_context(fake_comfyui())
-            config = make_config(tmp_path, comfyui_url or url, **cfg)
-            stack = await exits.enter_async_context(service_stack(config, start_worker=start_worker))
-            client: TestClient[Any, Any] = TestClient(TestServer(create_app(stack.service), host="127.0.0.1"))
-            await client.start_server()
-            exits.push_async_callback(client.close)
-            return Api(client, stack, peer)
-
-        yield open_
-
-
-@pytest.fixture
-async def api(open_api: OpenApi) -> Api:
-    return await open_api()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(tmp_path).start()
-    yield d
-    d.stop()
 
 
 def by_id(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -26,7 +26,7 @@ from plasmactl.service_cmds import (
     render_systemd,
 )
 from plasmad.comfy_process import STOP_TIMEOUT_S
-from tests.test_cli import run_cli
+from tests.support.cli import run_cli
 
 GRACE = 20.0
 #: A value systemd and XML both treat specially: quotes, a backslash, a specifier, a variable, markup.

@@ -16,8 +16,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -44,33 +42,12 @@ from plasmad.templates import TemplateSet
 from plasmad.trainer import TrainSpec
 from plasmad.trainer_kohya import KohyaTrainer
 from plasmad.training import TrainingHandler
-from tests.conftest import DaemonEnv, DaemonProcess
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, probe_answer, write_fake_python
-from tests.test_api import eventually, expect_error, make_config, release_fake
-from tests.test_modelfiles import CHECKPOINT_SD15, SD15_LORA, make_models_dir, write_safetensors
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from jsonrpcserver import async_dispatch
-
-    from plasmad.rpc import build_methods
-
-TRIGGER = "spyke_plasma_v1"
-NAME = "spyke_test"
-FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
-STEP_FILES = [f"{NAME}-step0000000{n}.safetensors" for n in (2, 4, 6)]
-
-
-def make_dataset(root: Path, originals: int = 15) -> Path:
-    """kohya's layout, passing the gate: <repeats>_<trigger>/ with 512 px images and captions."""
-    dataset = root / "spyke"
-    folder = dataset / f"10_{TRIGGER}"
-    folder.mkdir(parents=True)
-    for i in range(originals):
-        Image.new("RGB", (512, 512), (10 * i, 200 - 5 * i, 40 + 3 * i)).save(folder / f"img{i:02d}.png")
-        (folder / f"img{i:02d}.txt").write_text(f"{TRIGGER}, full body, standing, white background")
-    return dataset
+from tests.support.app import FINISHED, eventually, expect_error, make_config, release_fake, rpc
+from tests.support.modelfiles import CHECKPOINT_SD15, SD15_LORA, make_models_dir, write_safetensors
+from tests.support.processes import DaemonEnv, DaemonProcess
+from tests.support.training import NAME, STEP_FILES, TRIGGER, make_dataset
 
 
 class ListingFake(FakeComfyUI):
@@ -175,11 +152,6 @@ async def open_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
 @pytest.fixture
 async def rig(open_rig: OpenRig) -> Rig:
     return await open_rig()
-
-
-async def rpc(service: Service, method: str, params: Any) -> dict[str, Any]:
-    request = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
-    return dict(json.loads(await async_dispatch(request, methods=build_methods(), context=service)))
 
 
 # --- the API's rules -------------------------------------------------------------------------------
@@ -528,18 +500,6 @@ async def test_samples_need_a_finished_training(open_rig: OpenRig) -> None:
 # --- a real plasmad, killed with SIGKILL mid-training ---------------------------------------------------
 
 
-def _wait_http(
-    d: DaemonProcess, path: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = d.http("GET", path)
-        if status == 200 and check(body):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)
-
-
 def test_a_restart_during_a_training_reports_it_interrupted_with_its_checkpoints(
     daemon_env: DaemonEnv, start_daemon: Any, tmp_path: Path
 ) -> None:
@@ -563,12 +523,12 @@ def test_a_restart_during_a_training_reports_it_interrupted_with_its_checkpoints
     assert status == 202, t
     assert any(
         "did not free its memory" in w
-        for w in _wait_http(d1, f"/loras/{t['id']}/status", lambda s: len(s["checkpoints"]) >= 1)["warnings"]
+        for w in d1.wait_for(f"/loras/{t['id']}/status", lambda s: len(s["checkpoints"]) >= 1)["warnings"]
     )
     d1.kill9()
 
     d2: DaemonProcess = start_daemon(**env)
-    after = _wait_http(d2, f"/loras/{t['id']}/status", lambda s: s["status"] != "running")
+    after = d2.wait_for(f"/loras/{t['id']}/status", lambda s: s["status"] != "running")
     assert after["status"] == "interrupted" and after["outcome"] == "interrupted", after
     assert after["checkpoints"] and after["checkpoints"][0]["file"] == STEP_FILES[0]
     assert "stopped during the training" in after["reason"] and "kept" in after["reason"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +18,14 @@ import pytest
 from PIL import Image
 
 from plasmad import modelfiles
-from tests.conftest import ComfyServer, DaemonProcess
-from tests.test_training import STEP_FILES, make_dataset
+from tests.support.processes import ComfyServer, DaemonProcess
+from tests.support.training import NAME, STEP_FILES, make_dataset
 
 pytestmark = pytest.mark.comfyui
 
 SMALL = {"steps": 2, "resolution": {"width": 64, "height": 64}}
-
-
-def poll(d: DaemonProcess, path: str, check: Callable[[dict[str, Any]], bool], timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = d.http("GET", path)
-        if status == 200 and check(body):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
+WAIT_S = 300  #: the longest wait for a training, or its samples, on a CPU
+POLL_S = 0.2
 
 
 def pixels(path: str) -> bytes:
@@ -72,7 +64,7 @@ def test_train_sample_promote_generate(
     cleanup.append(loras / f"{name}.safetensors")
     log_start = comfyui.log.stat().st_size
     dataset = make_dataset(tmp_path / "data")
-    name_in_steps = [f.replace("spyke_test", name) for f in STEP_FILES[:2]]
+    name_in_steps = [f.replace(NAME, name) for f in STEP_FILES[:2]]
 
     started = time.monotonic()
     status, t = daemon.http(
@@ -91,7 +83,9 @@ def test_train_sample_promote_generate(
     assert status == 202, t
     cleanup.append(loras / "plasma-samples" / t["id"])
     assert t["trainer"] == "comfyui" and any("NO GPU" in w for w in t["warnings"])
-    done = poll(daemon, f"/loras/{t['id']}/status", lambda s: s["status"] not in ("queued", "running"))
+    done = daemon.wait_for(
+        f"/loras/{t['id']}/status", lambda s: s["status"] not in ("queued", "running"), WAIT_S, POLL_S
+    )
     train_seconds = time.monotonic() - started
     assert done["status"] == "succeeded", done
     assert (done["step"], done["total"], done["outcome"]) == (4, 4, "succeeded")
@@ -115,7 +109,9 @@ def test_train_sample_promote_generate(
         {"prompts": ["spyke_plasma_v1, full body, standing, white background"], "seed": 5, **SMALL},
     )
     assert status in (200, 202), s
-    s = poll(daemon, f"/loras/{t['id']}/samples", lambda a: a["state"] == "done" and bool(a["sheet"]))
+    s = daemon.wait_for(
+        f"/loras/{t['id']}/samples", lambda a: a["state"] == "done" and bool(a["sheet"]), WAIT_S, POLL_S
+    )
     samples_seconds = time.monotonic() - started
     assert s["failed"] == [] and s["total"] == 3 and Path(s["sheet"]).is_file()
 
@@ -159,11 +155,15 @@ def test_cancel_interrupts_the_training_prompt(
         },
     )
     assert status == 202, t
-    poll(daemon, f"/loras/{t['id']}/status", lambda s: s["status"] == "running" and s["step"] >= 2)
+    daemon.wait_for(
+        f"/loras/{t['id']}/status", lambda s: s["status"] == "running" and s["step"] >= 2, WAIT_S, POLL_S
+    )
     started = time.monotonic()
     status, _ = daemon.http("POST", f"/loras/{t['id']}/cancel", {})
     assert status == 200
-    done = poll(daemon, f"/loras/{t['id']}/status", lambda s: s["status"] not in ("queued", "running"), 60)
+    done = daemon.wait_for(
+        f"/loras/{t['id']}/status", lambda s: s["status"] not in ("queued", "running"), 60, POLL_S
+    )
     assert done["status"] == "cancelled" and done["outcome"] == "cancelled", done
     assert time.monotonic() - started < 30 and done["step"] < 400
     assert not (comfyui.dir / "input" / "plasma-train" / t["id"]).exists()

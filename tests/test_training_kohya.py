@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from plasmad import modelfiles
-from tests.conftest import DaemonProcess
-from tests.test_training import make_dataset
+from tests.support.processes import DaemonProcess
+from tests.support.training import make_dataset
 
 pytestmark = pytest.mark.skipif(
     not (os.environ.get("KOHYA_PYTHON") and os.environ.get("KOHYA_SCRIPT")),
