@@ -57,7 +57,6 @@ class Service:
         self.templates = templates
         self.accepting = True
         self.comfy_process: ManagedComfyUI | None = None
-        self.extra_health: dict[str, Any] = {}
         self.datasets = DatasetService(self)
         self.training = TrainingService(self)
         self.benchmarks = Bench(self)  #: INFRA-04 (plasmad.bench)
@@ -117,7 +116,7 @@ class Service:
                 )
         pipeline = self.cfg.require_pipeline_dir()
         path = pipeline_files.prompt_file(pipeline, body["chapter"], body["page"])
-        if not path.is_file():
+        if not await asyncio.to_thread(path.is_file):
             raise not_found(f"prompt file {path} (see README: page prompt files)")
         page = await asyncio.to_thread(pipeline_files.read_page_prompt, path)
         request = {
@@ -237,7 +236,6 @@ class Service:
             "accepting": self.accepting,
             "warnings": warnings,
             "bench": self.benchmarks.last,
-            **self.extra_health,
         }
 
     # --- operating it: doctor, logs (the benchmark is `benchmarks`) -------------------------------

@@ -196,19 +196,6 @@ def check_image_size(image: SourceImage, field: str) -> None:
             )
 
 
-def readable_image(path_text: str, field: str) -> Path:
-    """A path that names an image Pillow can read (blocking: run in a thread)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path_text).expanduser()
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise invalid(field, f"{path_text!r} is not a readable image ({exc})") from None
-    return path.resolve()
-
-
 # --- training (LORA-01, GEN-06) ------------------------------------------------------------------
 
 # It becomes file names (`<name>.safetensors`, `<name>-step00000200.safetensors`) in the artist's
