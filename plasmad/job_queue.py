@@ -8,6 +8,7 @@ knows how to run it, stop it, and pick it up again after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class JobQueue:
         self._gpu = gpu
         self._handlers = handlers
         self._wake = asyncio.Event()
+        self._ended = asyncio.Event()  #: replaced by a fresh one each time a job ends
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._current: RunContext | None = None
@@ -81,11 +83,25 @@ class JobQueue:
     def notify(self) -> None:
         self._wake.set()
 
+    def _announce_end(self) -> None:
+        ended, self._ended = self._ended, asyncio.Event()
+        ended.set()
+
+    async def job_ended(self, timeout: float) -> None:
+        """Return when any job ends (succeeds, fails, is cancelled) or after `timeout` seconds.
+
+        For long polls (GET /jobs/:id?wait=): a client learns of the end at once instead of
+        polling, which on a 2-core machine takes CPU from ComfyUI itself.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout)
+
     async def cancel(self, job: Job) -> Job:
         if job.status == JobStatus.QUEUED:
             if await self._store.set_status_if(
                 job.id, JobStatus.QUEUED, status=JobStatus.CANCELLED, finished_at=now()
             ):
+                self._announce_end()
                 return await self._reload(job.id)
             job = await self._reload(job.id)  # the worker took it meanwhile
         if job.status == JobStatus.RUNNING and self._current and self._current.job.id == job.id:
@@ -156,8 +172,14 @@ class JobQueue:
         self._run_task = asyncio.create_task(self._handlers[job.kind].run(ctx), name=f"job-{job.id}")
         try:
             result = await self._run_task
-            await self._store.update(job.id, status=JobStatus.SUCCEEDED, result=result, finished_at=now(),
-                                     step=job.step, total=job.total)
+            await self._store.update(
+                job.id,
+                status=JobStatus.SUCCEEDED,
+                result=result,
+                finished_at=now(),
+                step=job.step,
+                total=job.total,
+            )
             log.info("job %s succeeded", job.id)
         except asyncio.CancelledError:
             if not ctx.parked:
@@ -165,8 +187,9 @@ class JobQueue:
             log.info("job %s parked; it is picked up again at the next start", job.id)
         except PlasmaError as exc:
             status = JobStatus.CANCELLED if ctx.cancelled.is_set() else JobStatus.FAILED
-            await self._store.update(job.id, status=status, error=exc.to_dict(), finished_at=now(),
-                                     step=job.step, total=job.total)
+            await self._store.update(
+                job.id, status=status, error=exc.to_dict(), finished_at=now(), step=job.step, total=job.total
+            )
             log.info("job %s %s: %s", job.id, status.value, exc.message)
         except Exception as exc:
             log.exception("job %s crashed", job.id)
@@ -175,3 +198,4 @@ class JobQueue:
         finally:
             self._current = None
             self._run_task = None
+            self._announce_end()

@@ -22,7 +22,7 @@ from plasmad.gpu_lock import GpuLock
 from plasmad.job_logs import read_logs
 from plasmad.job_queue import JobQueue
 from plasmad.models import ApproveParams, GenerateRequest, JobView, ListJobsParams, Progress, dump, parse
-from plasmad.states import JobKind, JobStatus
+from plasmad.states import FINISHED_STATES, JobKind, JobStatus
 from plasmad.store import Job, JobStore
 from plasmad.templates import TemplateSet
 from plasmad.training import TrainingService
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Internal bookkeeping kept in job.result that the wire view leaves out (the graph is big; it is
 # written beside the image and served by `job_workflow`).
 _PRIVATE_RESULT_KEYS = ("graph", "logExtra")
+MAX_WAIT_S = 60.0  #: longest long poll (GET /jobs/:id?wait=): below common HTTP client timeouts
 
 
 def new_job_id(kind: JobKind) -> str:
@@ -127,8 +128,29 @@ class Service:
         }
         return await self.submit(request)
 
-    async def get_job(self, job_id: Any) -> dict[str, Any]:
-        return await self.view(await self._job(job_id))
+    async def get_job(self, job_id: Any, wait: Any = None) -> dict[str, Any]:
+        """A job; with `wait` (seconds, at most MAX_WAIT_S) once it has ended or the time is up."""
+        job = await self._job(job_id)
+        if wait is None:
+            return await self.view(job)
+        try:
+            seconds = float(wait)
+        except (TypeError, ValueError):
+            raise PlasmaError(
+                ErrorCode.INVALID_INPUT, "wait: must be a number of seconds", field="wait"
+            ) from None
+        if not 0 <= seconds <= MAX_WAIT_S:
+            raise PlasmaError(
+                ErrorCode.INVALID_INPUT, f"wait: must lie in 0-{MAX_WAIT_S:.0f} s", field="wait"
+            )
+        deadline = asyncio.get_running_loop().time() + seconds
+        while job.status not in FINISHED_STATES:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await self.queue.job_ended(left)
+            job = await self._job(job_id)
+        return await self.view(job)
 
     async def _job(self, job_id: Any) -> Job:
         if not isinstance(job_id, str) or not job_id:

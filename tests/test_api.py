@@ -69,6 +69,19 @@ async def test_submit_then_poll_until_succeeded(api: Api) -> None:
     assert "graph" not in (job["result"] or {})  # the big graph stays out of the job view
 
 
+async def test_long_poll_answers_when_the_job_ends(api: Api) -> None:
+    api.fake.scenario = "silent"  # history fills after a delay: the job is still running when asked
+    job_id = await api.submit()
+    resp = await api.client.get(f"/jobs/{job_id}", params={"wait": "30"})
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "succeeded"  # not a timeout: woken by the end
+    # A finished job answers at once; the same through JSON-RPC.
+    answer = await rpc(api.stack.service, "status", {"id": job_id, "wait": 30})
+    assert answer["result"]["status"] == "succeeded"
+    for bad in ("61", "-1", "soon"):
+        await expect_error(await api.client.get(f"/jobs/{job_id}", params={"wait": bad}), 400, "wait")
+
+
 async def test_job_is_stored_before_the_202(open_api: OpenApi) -> None:
     api = await open_api(start_worker=False)
     resp = await api.post("/jobs", {"prompt": "stored first"})
