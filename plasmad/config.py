@@ -48,6 +48,7 @@ class Config:
     kohya_extra_args: tuple[str, ...] = ()
     http_host: str = "127.0.0.1"
     http_port: int = 3000
+    allow_remote: bool = False  #: PLASMA_ALLOW_REMOTE=1: bind PLASMA_HTTP_HOST beyond loopback anyway
     state_dir: Path = field(default_factory=lambda: Path("~/.local/state/plasma").expanduser())
     pipeline_dir: Path | None = None
     socket_path: Path = field(default_factory=lambda: default_socket_path())
@@ -194,6 +195,7 @@ _SETTINGS: dict[str, tuple[str, Any]] = {
     "KOHYA_EXTRA_ARGS": ("kohya_extra_args", _args),
     "PLASMA_HTTP_HOST": ("http_host", str),
     "PLASMA_HTTP_PORT": ("http_port", _port),
+    "PLASMA_ALLOW_REMOTE": ("allow_remote", _bool),
     "PLASMA_STATE_DIR": ("state_dir", _path),
     "PLASMA_PIPELINE_DIR": ("pipeline_dir", _path),
     "PLASMA_SOCKET": ("socket_path", _path),
@@ -231,7 +233,7 @@ def _check(cfg: Config) -> Config:
         )
     if not (cfg.templates_dir / "txt2img-lora.json").is_file():
         raise ConfigError("PLASMA_TEMPLATES_DIR", f"{cfg.templates_dir} holds no txt2img-lora.json")
-    if not _is_loopback(cfg.http_host) and os.environ.get("PLASMA_ALLOW_REMOTE") != "1":
+    if not _is_loopback(cfg.http_host) and not cfg.allow_remote:
         # The API takes file paths: beyond loopback it would hand the artist's disk to the network.
         raise ConfigError(
             "PLASMA_HTTP_HOST", f"{cfg.http_host} is not loopback (set PLASMA_ALLOW_REMOTE=1 to insist)"

@@ -29,7 +29,6 @@ from tests.support.processes import DaemonEnv, DaemonProcess, free_port
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """A minimal environment: an empty config file (never the user's own) and a fresh state dir."""
-    monkeypatch.delenv("PLASMA_ALLOW_REMOTE", raising=False)  # read from the real environment
     config = tmp_path / "plasmad.toml"
     config.write_text("")
     return {"PLASMA_CONFIG": str(config), "PLASMA_STATE_DIR": str(tmp_path / "state")}
@@ -157,9 +156,10 @@ def test_kohya_script_without_python_names_python(env: dict[str, str], tmp_path:
     assert config_error(env).setting == "KOHYA_PYTHON"
 
 
-def test_remote_host_only_when_insisted(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_host_only_when_insisted(env: dict[str, str]) -> None:
     env["PLASMA_HTTP_HOST"] = "0.0.0.0"
-    monkeypatch.setenv("PLASMA_ALLOW_REMOTE", "1")
+    assert config_error(env).setting == "PLASMA_HTTP_HOST"
+    env["PLASMA_ALLOW_REMOTE"] = "1"
     assert load_config(env).http_host == "0.0.0.0"
 
 
