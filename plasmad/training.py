@@ -270,16 +270,7 @@ class TrainingHandler:
     async def _park(self, job: Job, state: dict[str, Any], spec: TrainSpec, backend: TrainerBackend) -> None:
         """plasmad is stopping mid-training: a training cannot be resumed, so it ends here as
         `interrupted`, with what the trainer left behind stopped and its checkpoints listed."""
-        try:
-            await backend.abandon(spec, dict(state.get("run") or {}))
-        except Exception:
-            log.exception("training %s: cleaning up after the stop failed", job.id)
-        checkpoints = await asyncio.to_thread(scan_checkpoints, spec)
-        reason = _interrupted_reason(state, checkpoints, "plasmad was stopped during the training")
-        state.update(
-            outcome="interrupted", reason=reason, advice=_INTERRUPTED_ADVICE, checkpoints=checkpoints
-        )
-        error = PlasmaError(ErrorCode.TRAINING_FAILED, reason, details={"outcome": "interrupted"})
+        error = await _interrupt(job, state, spec, backend, "plasmad was stopped during the training")
         await self._store.update(
             job.id,
             status=JobStatus.INTERRUPTED,
@@ -303,17 +294,9 @@ class TrainingHandler:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("training %s: its stored state is incomplete (%s)", job.id, exc)
             return JobStatus.INTERRUPTED
-        try:
-            await self.backend(str(state.get("trainer"))).abandon(spec, dict(state.get("run") or {}))
-        except Exception:
-            log.exception("training %s: cleaning up after the restart failed", job.id)
-        checkpoints = await asyncio.to_thread(scan_checkpoints, spec)
-        reason = _interrupted_reason(state, checkpoints, "plasmad stopped during the training")
-        state.update(
-            outcome="interrupted", reason=reason, advice=_INTERRUPTED_ADVICE, checkpoints=checkpoints
-        )
+        backend = self.backend(str(state.get("trainer")))
+        error = await _interrupt(job, state, spec, backend, "plasmad stopped during the training")
         state.pop("etaSeconds", None)
-        error = PlasmaError(ErrorCode.TRAINING_FAILED, reason, details={"outcome": "interrupted"})
         await self._store.update(job.id, result=state, error=error.to_dict())
         return JobStatus.INTERRUPTED
 
@@ -322,6 +305,21 @@ _INTERRUPTED_ADVICE = (
     "A training cannot be resumed. Compare the checkpoints it kept (plasmactl lora samples), promote "
     "one if it is good enough, or start the training again."
 )
+
+
+async def _interrupt(
+    job: Job, state: dict[str, Any], spec: TrainSpec, backend: TrainerBackend, why: str
+) -> PlasmaError:
+    """A training that ends without finishing (a stop, a restart): stop what the trainer left
+    running, list its checkpoints in `state`, and return the error that says so."""
+    try:
+        await backend.abandon(spec, dict(state.get("run") or {}))
+    except Exception:
+        log.exception("training %s: cleaning up what the trainer left failed", job.id)
+    checkpoints = await asyncio.to_thread(scan_checkpoints, spec)
+    reason = _interrupted_reason(state, checkpoints, why)
+    state.update(outcome="interrupted", reason=reason, advice=_INTERRUPTED_ADVICE, checkpoints=checkpoints)
+    return PlasmaError(ErrorCode.TRAINING_FAILED, reason, details={"outcome": "interrupted"})
 
 
 # --------------------------------------------------------------------------------------------------
