@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from tests.support.kohya import answer
+
 REPO = Path(__file__).resolve().parents[2]
 FAKE_KOHYA = REPO / "tests" / "fakes" / "fake_kohya.py"
 
@@ -40,13 +42,8 @@ os.execv(sys.executable, [sys.executable, *args])
 
 
 def probe_answer(device: str = "mps", accelerate: str = "1.10.1") -> dict[str, object]:
-    return {
-        "python": "3.11.9",
-        "torch": "2.5.1",
-        "device": device,
-        "accelerate": accelerate,
-        "installed": {"torchvision": True, "bitsandbytes": False, "xformers": False, "triton": False},
-    }
+    """The probe's answer from the artist's kohya venv (PyTorch pinned at 2.5.1, INFRA-03)."""
+    return answer(device, accelerate) | {"torch": "2.5.1"}
 
 
 def write_fake_python(folder: Path, answer: dict[str, object] | None = None) -> Path:
