@@ -17,8 +17,8 @@ import click
 
 from plasmactl.client import DaemonClient, DaemonUnavailable
 from plasmactl.output import Exit, bar, emit_json, fail, fail_error, table
-from plasmad.config import client_socket_path
-from plasmad.errors import PlasmaError
+from plasmad.core.config import client_socket_path
+from plasmad.core.errors import PlasmaError
 
 F = TypeVar("F", bound=Callable[..., Any])
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from plasmad.errors import PlasmaError
+from plasmad.core.errors import PlasmaError
 
 
 class DaemonUnavailable(Exception):

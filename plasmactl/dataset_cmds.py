@@ -19,7 +19,7 @@ import click
 from plasmactl.cli import FINISHED, Ctl, cli, json_option
 from plasmactl.output import Exit, bar, emit_json, fail, fail_error
 from plasmad import dataset as ds
-from plasmad.errors import PlasmaError
+from plasmad.core.errors import PlasmaError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -16,9 +16,9 @@ import click
 from plasmactl.cli import Ctl, _wait, cli, json_option
 from plasmactl.client import DaemonClient, DaemonUnavailable
 from plasmactl.output import Exit, emit_json, fail, fail_error, table
-from plasmad import doctor as doctor_checks
-from plasmad.config import ConfigError, load_config
-from plasmad.errors import PlasmaError
+from plasmad.core.config import ConfigError, load_config
+from plasmad.core.errors import PlasmaError
+from plasmad.operations import doctor as doctor_checks
 
 # Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
 pass_ctl = click.make_pass_decorator(Ctl)
@@ -43,7 +43,7 @@ def _doctor_without_daemon(why: str) -> dict[str, Any]:
         cfg = load_config()
     except ConfigError as exc:
         bad = doctor_checks.Check(
-            "plasmad.config",
+            "plasmad.core.config",
             "INFRA-01",
             "plasmad's settings",
             "fail",

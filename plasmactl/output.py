@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from plasmad.errors import ErrorCode, PlasmaError
+from plasmad.core.errors import ErrorCode, PlasmaError
 
 
 class Exit(IntEnum):

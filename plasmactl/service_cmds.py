@@ -27,9 +27,9 @@ import click
 
 from plasmactl.cli import Ctl, cli, json_option
 from plasmactl.output import Exit, emit_json, fail
-from plasmad.comfy_process import STOP_TIMEOUT_S
-from plasmad.config import ConfigError, client_socket_path, load_config
-from plasmad.fsutil import create_new, replace_atomic
+from plasmad.comfy.process import STOP_TIMEOUT_S
+from plasmad.core.config import ConfigError, client_socket_path, load_config
+from plasmad.core.fsutil import create_new, replace_atomic
 
 # Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
 pass_ctl = click.make_pass_decorator(Ctl)

@@ -25,21 +25,21 @@ import aiohttp
 from aiohttp import web
 
 from plasmad import __version__
-from plasmad.comfy_process import ManagedComfyUI, ManagedStartError
-from plasmad.comfyui import ComfyClient
-from plasmad.config import Config, ConfigError, load_config
-from plasmad.fsutil import replace_atomic
-from plasmad.generation import GenerationHandler
-from plasmad.gpu_lock import GpuLock
-from plasmad.http_api import create_app
-from plasmad.job_queue import Handler, JobQueue
-from plasmad.logging_setup import setup_logging
-from plasmad.rpc import bind_socket, build_methods, start_rpc_server
-from plasmad.service import Service
-from plasmad.states import JobKind
-from plasmad.store import JobStore
-from plasmad.templates import TemplateError, TemplateSet
-from plasmad.training import TrainingHandler
+from plasmad.api.http import create_app
+from plasmad.api.rpc import bind_socket, build_methods, start_rpc_server
+from plasmad.api.service import Service
+from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.process import ManagedComfyUI, ManagedStartError
+from plasmad.comfy.templates import TemplateError, TemplateSet
+from plasmad.core.config import Config, ConfigError, load_config
+from plasmad.core.fsutil import replace_atomic
+from plasmad.core.gpu_lock import GpuLock
+from plasmad.core.job_queue import Handler, JobQueue
+from plasmad.core.logging_setup import setup_logging
+from plasmad.core.states import JobKind
+from plasmad.core.store import JobStore
+from plasmad.generation.handler import GenerationHandler
+from plasmad.training.service import TrainingHandler
 
 log = logging.getLogger("plasmad")
 

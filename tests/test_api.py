@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from plasmad import pipeline_files
-from plasmad.errors import ErrorCode
+from plasmad.core.errors import ErrorCode
+from plasmad.generation import pipeline_files
 from tests.fakes.fake_comfyui import PNG
 from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
 from tests.support.modelfiles import (
@@ -40,7 +40,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from jsonrpcserver import async_dispatch
 
-    from plasmad.rpc import build_methods
+    from plasmad.api.rpc import build_methods
 
 #: What the generation log entry of a page must hold (PIPE-04), beside the image and workflow names.
 PIPE04_FIELDS = {

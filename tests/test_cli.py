@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from plasmactl.output import Exit
-from plasmad import pipeline_files
+from plasmad.generation import pipeline_files
 from tests.support.cli import DaemonThread, ctl, run_cli
 
 PLASMACTL = Path(sys.executable).parent / "plasmactl"

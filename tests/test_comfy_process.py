@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from plasmad.comfy_process import BASE_FLAGS, ManagedComfyUI, ManagedStartError, describe_exit
-from plasmad.comfyui import ComfyClient
+from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.process import BASE_FLAGS, ManagedComfyUI, ManagedStartError, describe_exit
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.support.modelfiles import CHECKPOINT_SD15, make_models_dir
 from tests.support.processes import (
@@ -145,7 +145,7 @@ async def test_start_waits_until_comfyui_answers(tmp_path: Path, control: Path,
 async def test_a_dead_comfyui_is_restarted_with_backoff(tmp_path: Path, control: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="plasmad.comfy_process")
+    caplog.set_level(logging.ERROR, logger="plasmad.comfy.process")
     monkeypatch.setenv("FAKE_COMFY_DIE_AFTER", "0.2")  # every incarnation dies soon after answering
     async with managed(tmp_path, backoff_s=0.1, max_backoff_s=0.4) as m:
         await m.start()
@@ -162,7 +162,7 @@ async def test_a_dead_comfyui_is_restarted_with_backoff(tmp_path: Path, control:
 async def test_the_backoff_resets_after_a_stable_run(tmp_path: Path, control: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="plasmad.comfy_process")
+    caplog.set_level(logging.ERROR, logger="plasmad.comfy.process")
     monkeypatch.setenv("FAKE_COMFY_DIE_AFTER", "0.6")
     async with managed(tmp_path, backoff_s=0.1, stable_after_s=0.3) as m:
         await m.start()

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from plasmad.comfyui import ComfyClient, ImageRef
-from plasmad.errors import ErrorCode, PlasmaError
+from plasmad.comfy.client import ComfyClient, ImageRef
+from plasmad.core.errors import ErrorCode, PlasmaError
 from tests.aioresponses_compat import mocked_http
 from tests.fakes.fake_comfyui import FakeComfyUI
 
@@ -145,7 +145,7 @@ async def test_http_answers_with_aioresponses() -> None:
             assert await client.input_choices("KSampler", "scheduler") == ["normal"]
             entry = await client.history("abc")
             assert entry is not None
-            from plasmad.comfyui import outcome
+            from plasmad.comfy.client import outcome
 
             assert outcome("abc", entry) == [ImageRef("a.png", "plasma", "output")]
             assert await client.history("none") is None

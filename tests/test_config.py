@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from plasmactl.client import DaemonClient
-from plasmad.config import (
+from plasmad.core.config import (
     BUNDLED_TEMPLATES,
     MAX_SOCKET_PATH,
     ConfigError,

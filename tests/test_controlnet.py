@@ -25,10 +25,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from plasmad import comfy_inputs, controlnet, limits, pipeline_files
-from plasmad.config import BUNDLED_TEMPLATES
-from plasmad.errors import ErrorCode, PlasmaError
-from plasmad.templates import (
+from plasmad.comfy import inputs as comfy_inputs
+from plasmad.comfy.templates import (
     IMG2IMG_CONTROLNET,
     IMG2IMG_CONTROLNET_BASE,
     IMG2IMG_CONTROLNET_BASE_PREPROCESS,
@@ -36,6 +34,10 @@ from plasmad.templates import (
     TemplateSet,
     load_template,
 )
+from plasmad.core import limits
+from plasmad.core.config import BUNDLED_TEMPLATES
+from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.generation import controlnet, pipeline_files
 from tests.support.app import Api, expect_error, rpc, start_api
 from tests.support.cli import DaemonThread, ctl
 from tests.support.modelfiles import LORA_SD15, SD15_CONTROLNET, SD15_LORA, make_models_dir, write_safetensors

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from plasmad import dataset as ds
-from plasmad.errors import ErrorCode, PlasmaError
-from plasmad.limits import DATASET_IMAGE_SIZE, DATASET_MIN_IMAGES
+from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.core.limits import DATASET_IMAGE_SIZE, DATASET_MIN_IMAGES
 from tests.support.images import WHITE, draw_figure, make_sheet
 from tests.support.training import TRIGGER
 

@@ -1,4 +1,4 @@
-"""plasmad.kohya against real kohya output (shared/fixtures/kohya) and a FAKE trainer.
+"""plasmad.training.kohya against real kohya output (shared/fixtures/kohya) and a FAKE trainer.
 
 The parser and the outcome rules are checked on the captured bytes of five real runs; run_kohya
 runs tests/fakes/fake_kohya.py (a FAKE that replays those bytes) as a real child process, so
@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import pytest
 
-from plasmad.errors import ErrorCode, PlasmaError
-from plasmad.kohya import (
+from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.training.kohya import (
     OOM_ADVICE,
     TAIL_LINE_CHARS,
     CheckpointSaved,

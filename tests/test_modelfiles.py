@@ -1,4 +1,4 @@
-"""plasmad.modelfiles: telling SD 1.5 from the rest by the safetensors header, and finding files safely.
+"""plasmad.comfy.modelfiles: telling SD 1.5 from the rest by the safetensors header, and finding files safely.
 
 Every model here is a FAKE: a safetensors header written by `write_safetensors`
 (tests/support/modelfiles.py) with zero-length tensors, so the files are a few hundred bytes but
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from plasmad import modelfiles
-from plasmad.errors import ErrorCode, PlasmaError
-from plasmad.modelfiles import HeaderError, check_model, inspect, list_models, read_header, resolve_in
+from plasmad.comfy import modelfiles
+from plasmad.comfy.modelfiles import HeaderError, check_model, inspect, list_models, read_header, resolve_in
+from plasmad.core.errors import ErrorCode, PlasmaError
 from tests.support.modelfiles import (
     CHECKPOINT_CKPT,
     CHECKPOINT_ESCAPE,

@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
-from plasmad import bench as bench_module
-from plasmad import doctor as doctor_module
-from plasmad.bench import Bench
-from plasmad.config import BUNDLED_TEMPLATES
-from plasmad.doctor import Doctor, _template_classes
-from plasmad.job_logs import JobFileHandler, JobTagFilter, job_context, read_log
-from plasmad.states import JobKind, JobStatus
-from plasmad.store import Job
-from plasmad.timing import StepTimer
+from plasmad.core.config import BUNDLED_TEMPLATES
+from plasmad.core.job_logs import JobFileHandler, JobTagFilter, job_context, read_log
+from plasmad.core.states import JobKind, JobStatus
+from plasmad.core.store import Job
+from plasmad.generation.timing import StepTimer
+from plasmad.operations import bench as bench_module
+from plasmad.operations import doctor as doctor_module
+from plasmad.operations.bench import Bench
+from plasmad.operations.doctor import Doctor, _template_classes
 from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
 from tests.support.cli import DaemonThread, ctl, run_cli
 from tests.support.kohya import answer, fake_python, sd_scripts

@@ -1,4 +1,4 @@
-"""plasmad.pipeline_files: where a page lands, its version, and the generation log (PIPE-03/04/05).
+"""plasmad.generation.pipeline_files: where a page lands, its version, and the generation log (PIPE-03/04/05).
 
 The rules under test: nothing is ever overwritten, a job writes its page once however often it is
 retried, other tools' log entries survive, a broken log stops the write before any image exists,
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from plasmad import pipeline_files as pf
-from plasmad.errors import ErrorCode, PlasmaError
+from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.generation import pipeline_files as pf
 
 WORKFLOW: dict[str, Any] = {"7": {"class_type": "KSampler", "inputs": {"seed": 1}}}
 

@@ -25,7 +25,7 @@ from plasmactl.service_cmds import (
     render_launchd,
     render_systemd,
 )
-from plasmad.comfy_process import STOP_TIMEOUT_S
+from plasmad.comfy.process import STOP_TIMEOUT_S
 from tests.support.cli import run_cli
 
 GRACE = 20.0

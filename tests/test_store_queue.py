@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from plasmad.errors import ErrorCode, PlasmaError
-from plasmad.gpu_lock import GpuLock
-from plasmad.job_queue import Handler, JobQueue, RunContext
-from plasmad.states import ACTIVE_STATES, JobKind, JobStatus
-from plasmad.store import Job, JobStore
+from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.core.gpu_lock import GpuLock
+from plasmad.core.job_queue import Handler, JobQueue, RunContext
+from plasmad.core.states import ACTIVE_STATES, JobKind, JobStatus
+from plasmad.core.store import Job, JobStore
 
 _ids = itertools.count(1)
 

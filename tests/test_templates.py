@@ -45,7 +45,7 @@ EXPECTED_SLOTS: dict[str, set[str]] = {
     "img2img-base-controlnet-preprocess": COMMON_SLOTS | CONTROLNET_SLOTS,
 }
 NAMES = sorted(EXPECTED_SLOTS)
-# Not generation graphs: the LoRA trainer's (plasmad.trainer_comfy), checked in tests/test_training.py.
+# Not generation graphs: the LoRA trainer (training.comfy_trainer), checked in tests/test_training.py.
 TRAINING_TEMPLATES = {"train-lora-comfy"}
 
 

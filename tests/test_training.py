@@ -28,20 +28,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from plasmad.comfyui import ComfyClient
-from plasmad.config import Config
-from plasmad.errors import ErrorCode
-from plasmad.generation import GenerationHandler
-from plasmad.gpu_lock import GpuLock
-from plasmad.http_api import create_app
-from plasmad.job_queue import Handler, JobQueue
-from plasmad.service import Service
-from plasmad.states import JobKind
-from plasmad.store import JobStore
-from plasmad.templates import TemplateSet
-from plasmad.trainer import TrainSpec
-from plasmad.trainer_kohya import KohyaTrainer
-from plasmad.training import TrainingHandler
+from plasmad.api.http import create_app
+from plasmad.api.service import Service
+from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.templates import TemplateSet
+from plasmad.core.config import Config
+from plasmad.core.errors import ErrorCode
+from plasmad.core.gpu_lock import GpuLock
+from plasmad.core.job_queue import Handler, JobQueue
+from plasmad.core.states import JobKind
+from plasmad.core.store import JobStore
+from plasmad.generation.handler import GenerationHandler
+from plasmad.training.backend import TrainSpec
+from plasmad.training.kohya_backend import KohyaTrainer
+from plasmad.training.service import TrainingHandler
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, probe_answer, write_fake_python
 from tests.support.app import FINISHED, eventually, expect_error, make_config, release_fake, rpc
@@ -595,9 +595,9 @@ def test_plasmactl_train_commands(daemon_env: DaemonEnv, start_daemon: Any, tmp_
 
 
 def test_the_training_template_fills_and_fixes_the_hardware_rules() -> None:
-    from plasmad.config import BUNDLED_TEMPLATES
-    from plasmad.templates import load_template
-    from plasmad.trainer_comfy import TEMPLATE
+    from plasmad.comfy.templates import load_template
+    from plasmad.core.config import BUNDLED_TEMPLATES
+    from plasmad.training.comfy_trainer import TEMPLATE
 
     template = load_template(BUNDLED_TEMPLATES, TEMPLATE)
     graph = template.fill(
@@ -619,7 +619,7 @@ def test_the_training_template_fills_and_fixes_the_hardware_rules() -> None:
 
 
 def test_chunks_follow_kohyas_saving_rule() -> None:
-    from plasmad.trainer_comfy import chunk_ends, saves_step_file
+    from plasmad.training.comfy_trainer import chunk_ends, saves_step_file
 
     assert chunk_ends(1000, 200) == [200, 400, 600, 800, 1000]
     assert chunk_ends(4, 2) == [2, 4] and chunk_ends(5, 2) == [2, 4, 5] and chunk_ends(4, 10) == [4]
@@ -628,8 +628,8 @@ def test_chunks_follow_kohyas_saving_rule() -> None:
 
 
 def test_a_comfyui_lora_is_rewritten_in_kohyas_layout(tmp_path: Path) -> None:
-    from plasmad import modelfiles
-    from plasmad.trainer_comfy import to_kohya
+    from plasmad.comfy import modelfiles
+    from plasmad.training.comfy_trainer import to_kohya
 
     # SaveLoRA's keys and shapes (as 0.3.75 writes them: conv LoRAs flattened), with real data bytes.
     def entry(dtype: str, shape: list[int], start: int) -> tuple[dict[str, Any], int]:

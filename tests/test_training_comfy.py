@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from plasmad import modelfiles
+from plasmad.comfy import modelfiles
 from tests.support.processes import ComfyServer, DaemonProcess
 from tests.support.training import NAME, STEP_FILES, make_dataset
 

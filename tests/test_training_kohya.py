@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from plasmad import modelfiles
+from plasmad.comfy import modelfiles
 from tests.support.processes import DaemonProcess
 from tests.support.training import make_dataset
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from plasmad.errors import invalid
+from plasmad.core.errors import invalid
 
 DEFAULT_TRIGGER = "spyke_plasma_v1"
 MIRRORED_TAG = "mirrored"

@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from plasmad.core.errors import invalid
+from plasmad.core.limits import DATASET_IMAGE_SIZE, DATASET_MIN_IMAGES, REG_MAX_IMAGES, REG_MIN_IMAGES
 from plasmad.dataset.captions import (
     DEFAULT_TRIGGER,
     MIRRORED_SUFFIX,
@@ -34,8 +36,6 @@ from plasmad.dataset.layout import (
     is_mirrored_name,
 )
 from plasmad.dataset.reg import REG_DEFAULT_CLASS, reg_root
-from plasmad.errors import invalid
-from plasmad.limits import DATASET_IMAGE_SIZE, DATASET_MIN_IMAGES, REG_MAX_IMAGES, REG_MIN_IMAGES
 
 
 class ProblemKind(StrEnum):

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 from PIL import Image, ImageChops, ImageColor, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
+from plasmad.core.fsutil import create_new
 from plasmad.dataset.captions import MIRRORED_SUFFIX, _field_problem, _tags
 from plasmad.dataset.images import RGB, _background_stats, _open_image, colour_hex, detect_background, flatten
-from plasmad.errors import ErrorCode, PlasmaError, invalid, not_found
-from plasmad.fsutil import create_new
 
 PLACEHOLDER = "TODO"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")

@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 from PIL import Image, ImageColor, ImageOps
 
-from plasmad.errors import invalid, not_found
-from plasmad.limits import DATASET_IMAGE_SIZE, DATASET_MAX_UPSCALE
+from plasmad.core.errors import invalid, not_found
+from plasmad.core.limits import DATASET_IMAGE_SIZE, DATASET_MAX_UPSCALE
 
 RGB = tuple[int, int, int]
 

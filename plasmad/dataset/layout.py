@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from PIL import Image, ImageOps
 
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
+from plasmad.core.fsutil import create_new, file_lock, same_content
 from plasmad.dataset.captions import (
     DEFAULT_TRIGGER,
     MIRRORED_SUFFIX,
@@ -39,8 +41,6 @@ from plasmad.dataset.images import (
     parse_colour,
     pixel_hash,
 )
-from plasmad.errors import ErrorCode, PlasmaError, invalid, not_found
-from plasmad.fsutil import create_new, file_lock, same_content
 
 CAPTION_EXT = ".txt"
 IMAGE_EXT = ".png"

@@ -13,11 +13,11 @@ from typing import Literal
 
 from PIL import Image
 
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid
+from plasmad.core.fsutil import create_new, same_content
+from plasmad.core.limits import MAX_SEED, REG_MAX_IMAGES, REG_MIN_IMAGES
 from plasmad.dataset.captions import _TRIGGER_RE
 from plasmad.dataset.layout import CAPTION_EXT, IMAGE_EXT, repeats_dir_name
-from plasmad.errors import ErrorCode, PlasmaError, invalid
-from plasmad.fsutil import create_new, same_content
-from plasmad.limits import MAX_SEED, REG_MAX_IMAGES, REG_MIN_IMAGES
 
 REG_DEFAULT_CLASS = "character"
 REG_BASE_SEED = 1000

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid
+from plasmad.core.fsutil import create_new
 from plasmad.dataset.captions import MIRRORED_SUFFIX, _read_caption
 from plasmad.dataset.crops import _numbered
 from plasmad.dataset.images import _png_bytes, flatten
 from plasmad.dataset.layout import CAPTION_EXT, _images_in, _repeat_dirs, is_mirrored_name
-from plasmad.errors import ErrorCode, PlasmaError, invalid
-from plasmad.fsutil import create_new
 
 CONTACT_SHEET_NAME = "contact-sheet.png"
 

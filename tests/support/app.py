@@ -20,17 +20,17 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
-from plasmad.comfyui import ComfyClient
-from plasmad.config import BUNDLED_TEMPLATES, Config
-from plasmad.errors import ErrorCode
-from plasmad.generation import GenerationHandler
-from plasmad.gpu_lock import GpuLock
-from plasmad.http_api import create_app
-from plasmad.job_queue import Handler, JobQueue
-from plasmad.service import Service
-from plasmad.states import JobKind
-from plasmad.store import JobStore
-from plasmad.templates import TemplateSet
+from plasmad.api.http import create_app
+from plasmad.api.service import Service
+from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.templates import TemplateSet
+from plasmad.core.config import BUNDLED_TEMPLATES, Config
+from plasmad.core.errors import ErrorCode
+from plasmad.core.gpu_lock import GpuLock
+from plasmad.core.job_queue import Handler, JobQueue
+from plasmad.core.states import JobKind
+from plasmad.core.store import JobStore
+from plasmad.generation.handler import GenerationHandler
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.support.modelfiles import CHECKPOINT_SD15, make_models_dir
 
@@ -40,7 +40,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from jsonrpcserver import async_dispatch
 
-    from plasmad.rpc import build_methods
+    from plasmad.api.rpc import build_methods
 
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 

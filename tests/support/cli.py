@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     # jsonrpcserver 5 reads its schema through importlib.resources' deprecated open_text when
     # imported, and warnings are errors here (the pyproject filter names the wrong module).
     warnings.simplefilter("ignore", DeprecationWarning)
-    from plasmad.rpc import bind_socket, build_methods, start_rpc_server
+    from plasmad.api.rpc import bind_socket, build_methods, start_rpc_server
 
 T = TypeVar("T")
 

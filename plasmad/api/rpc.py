@@ -1,0 +1,124 @@
+"""JSON-RPC 2.0 over the Unix socket, for plasmactl (jsonrpcserver).
+
+Framing: one JSON-RPC request per line, one response per line. Each method is an adapter over
+`Service`, like the HTTP views; a PlasmaError becomes a JSON-RPC error whose `code` is the same
+stable code the HTTP body carries, with the same dict in `data`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from jsonrpcserver import Error, Result, Success, async_dispatch
+
+from plasmad.api.service import Service
+from plasmad.core.errors import ErrorCode, PlasmaError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 16 * 1024 * 1024
+Method = Callable[..., Awaitable[Result]]
+
+
+def _adapt(fn: Callable[[Service, dict[str, Any]], Awaitable[Any]]) -> Method:
+    async def method(service: Service, **params: Any) -> Result:
+        try:
+            return Success(await fn(service, params))
+        except PlasmaError as err:
+            return Error(int(err.code), err.message, err.to_dict())
+        except Exception:
+            log.exception("unhandled error in a JSON-RPC method")
+            bug = PlasmaError(ErrorCode.INTERNAL, "internal error; see plasmad's log")
+            return Error(int(bug.code), bug.message, bug.to_dict())
+
+    return method
+
+
+def build_methods(
+    extra: dict[str, Callable[[Service, dict[str, Any]], Awaitable[Any]]] | None = None,
+) -> dict[str, Method]:
+    table: dict[str, Callable[[Service, dict[str, Any]], Awaitable[Any]]] = {
+        "health": lambda s, p: s.health(),
+        "submit": lambda s, p: s.submit(p),
+        "generate_page": lambda s, p: s.submit_page(p),
+        "status": lambda s, p: s.get_job(p.get("id"), p.get("wait")),
+        "jobs": lambda s, p: s.list_jobs(p),
+        "cancel": lambda s, p: s.cancel_job(p.get("id")),
+        "workflow": lambda s, p: s.job_workflow(p.get("id")),
+        "approve": lambda s, p: s.approve(p),
+        "dataset_reg": lambda s, p: s.datasets.reg(p),
+        "train": lambda s, p: s.training.train(p),
+        "train_status": lambda s, p: s.training.status(p.get("id")),
+        "loras": lambda s, p: s.training.list_trainings(p),
+        "train_cancel": lambda s, p: s.training.cancel(p.get("id")),
+        "lora_samples": lambda s, p: s.training.samples(p.pop("id", None), p),
+        "lora_samples_status": lambda s, p: s.training.samples_status(p.get("id")),
+        "lora_promote": lambda s, p: s.training.promote(p.pop("id", None), p),
+        "doctor": lambda s, p: s.doctor(),
+        "bench": lambda s, p: s.benchmarks.start(p),
+        "bench_results": lambda s, p: s.benchmarks.results(p),
+        "logs": lambda s, p: s.logs(p),
+        **(extra or {}),
+    }
+    return {name: _adapt(fn) for name, fn in table.items()}
+
+
+async def _serve_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: Service, methods: dict[str, Method]
+) -> None:
+    try:
+        while line := await reader.readline():
+            if not line.strip():
+                continue
+            response = await async_dispatch(line.decode("utf-8", "replace"), methods=methods, context=service)
+            if response:
+                writer.write(response.encode() + b"\n")
+                await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        pass  # the client went away, or sent a line over MAX_LINE
+    finally:
+        writer.close()
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening socket published at `path` atomically, 0600 inside a 0700 folder.
+
+    Bound under a temp name, made private, then renamed into place: a client never sees a socket
+    with looser permissions, and a live daemon's socket is never unlinked (the caller holds the
+    single-instance lock before calling this).
+    """
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{folder} belongs to another user")
+    os.chmod(folder, 0o700)
+    tmp = folder / f".{path.name}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(tmp))
+        os.chmod(tmp, 0o600)
+        sock.listen(64)
+        os.replace(tmp, path)
+    except BaseException:
+        sock.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def start_rpc_server(
+    sock: socket.socket, service: Service, methods: dict[str, Method]
+) -> asyncio.AbstractServer:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_connection(reader, writer, service, methods)
+
+    return await asyncio.start_unix_server(handle, sock=sock, limit=MAX_LINE)

@@ -1,0 +1,313 @@
+"""The ComfyUI client: HTTP for commands, the WebSocket as a hint, `/history` as the truth.
+
+GEN-02: the WebSocket is opened with our client_id *before* `POST /prompt`, so no event of our
+prompt can fire unheard. But events get lost (a dropped socket, a socket gone silent after hours),
+so completion is always confirmed from `/history/<prompt_id>`, and while the socket says nothing
+the history is polled. Our own prompt_id is sent with the prompt (ComfyUI takes it), so a job
+stored before the POST can be found again after a crash of either side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from plasmad.core.errors import ErrorCode, PlasmaError
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], Awaitable[None]]
+TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    filename: str
+    subfolder: str
+    type: str
+
+
+def unavailable(base_url: str, exc: BaseException | str) -> PlasmaError:
+    return PlasmaError(ErrorCode.COMFYUI_UNAVAILABLE, f"ComfyUI at {base_url} did not answer: {exc}")
+
+
+class ComfyClient:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, history_poll_s: float = 1.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._ws_url = "ws" + self.base_url[len("http") :] + "/ws"
+        self._session = session
+        self._poll = history_poll_s
+        self._object_info: dict[str, Any] = {}
+
+    # --- plain HTTP ---------------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, json_body: Any = None, timeout: float = 30.0
+    ) -> tuple[int, Any]:
+        try:
+            async with self._session.request(
+                method, self.base_url + path, json=json_body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                body = await resp.read()
+                if resp.content_type == "application/json" and body:
+                    return resp.status, json.loads(body)
+                return resp.status, body
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+            raise unavailable(self.base_url, exc or type(exc).__name__) from exc
+
+    async def _get_json(self, path: str, timeout: float = 30.0) -> Any:
+        status, body = await self._request("GET", path, timeout=timeout)
+        if status != 200 or isinstance(body, bytes):
+            raise unavailable(self.base_url, f"GET {path} answered HTTP {status}")
+        return body
+
+    async def system_stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        body = await self._get_json("/system_stats", timeout=timeout)
+        return body if isinstance(body, dict) else {}
+
+    async def object_info(self, node_class: str) -> dict[str, Any]:
+        """One node class's description (cached: it changes only when ComfyUI restarts).
+
+        `{}` when ComfyUI lacks the class. That answer is not cached: custom nodes installed and a
+        ComfyUI we do not manage restarted must be seen without restarting plasmad.
+        """
+        if node_class in self._object_info:
+            return dict(self._object_info[node_class])
+        body = await self._get_json(f"/object_info/{node_class}")
+        info = body.get(node_class, {}) if isinstance(body, dict) else {}
+        if info:
+            self._object_info[node_class] = info
+        return dict(info)
+
+    def forget_object_info(self) -> None:
+        self._object_info.clear()
+
+    async def input_choices(self, node_class: str, input_name: str) -> list[str]:
+        """The values a combo input accepts (KSampler's sampler_name, LoraLoader's lora_name...)."""
+        info = await self.object_info(node_class)
+        spec = info.get("input", {}).get("required", {}).get(input_name)
+        if not spec:
+            return []
+        choices = spec[0]
+        if isinstance(choices, list):
+            return [str(c) for c in choices]
+        if choices == "COMBO" and len(spec) > 1:  # newer ComfyUI: ["COMBO", {"options": [...]}]
+            return [str(c) for c in spec[1].get("options", [])]
+        return []
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        body = await self._get_json(f"/history/{prompt_id}")
+        entry = body.get(prompt_id) if isinstance(body, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    async def queue(self) -> dict[str, Any]:
+        body = await self._get_json("/queue")
+        return body if isinstance(body, dict) else {}
+
+    async def in_queue(self, prompt_id: str) -> bool:
+        queue = await self.queue()
+        items = [*queue.get("queue_running", []), *queue.get("queue_pending", [])]
+        return any(len(item) > 1 and item[1] == prompt_id for item in items)
+
+    async def interrupt(self, prompt_id: str) -> None:
+        """Stop this prompt only: interrupt it if it runs, drop it if it still waits in ComfyUI's queue."""
+        await self._request("POST", "/queue", json_body={"delete": [prompt_id]})
+        await self._request("POST", "/interrupt", json_body={"prompt_id": prompt_id})
+
+    async def free(self) -> None:
+        """Unload models so that a trainer has the memory."""
+        await self._request("POST", "/free", json_body={"unload_models": True, "free_memory": True})
+
+    async def view(self, image: ImageRef) -> bytes:
+        params = f"filename={_q(image.filename)}&subfolder={_q(image.subfolder)}&type={_q(image.type)}"
+        status, body = await self._request("GET", f"/view?{params}", timeout=120.0)
+        if status != 200 or not isinstance(body, bytes):
+            raise PlasmaError(
+                ErrorCode.COMFYUI_REJECTED, f"ComfyUI has no image {image.filename} (HTTP {status})"
+            )
+        return body
+
+    async def submit(self, graph: dict[str, Any], prompt_id: str, client_id: str) -> None:
+        payload = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
+        status, body = await self._request("POST", "/prompt", json_body=payload)
+        if status == 200 and isinstance(body, dict) and not body.get("node_errors"):
+            return
+        if isinstance(body, dict):
+            raise PlasmaError(ErrorCode.COMFYUI_REJECTED, rejection_message(body), details=body)
+        raise PlasmaError(ErrorCode.COMFYUI_REJECTED, f"ComfyUI refused the graph (HTTP {status})")
+
+    # --- running a prompt ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        graph: dict[str, Any],
+        prompt_id: str,
+        on_progress: ProgressCallback,
+        timeout: float,
+        *,
+        require_images: bool = True,
+        cancelled: asyncio.Event | None = None,
+    ) -> list[ImageRef]:
+        """Queue `graph` as `prompt_id` and wait until ComfyUI's history says how it ended.
+
+        `require_images=False` for graphs whose output is a file, not an image (SaveLoRA)."""
+        client_id = uuid.uuid4().hex
+        ws: aiohttp.ClientWebSocketResponse | None
+        try:
+            ws = await self._session.ws_connect(
+                f"{self._ws_url}?clientId={client_id}",
+                heartbeat=30.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise unavailable(self.base_url, exc or "WebSocket connect timed out") from exc
+        try:
+            await self.submit(graph, prompt_id, client_id)  # only now: the socket already listens
+            return await self.wait(
+                prompt_id, on_progress, timeout, ws, require_images=require_images, cancelled=cancelled
+            )
+        finally:
+            await ws.close()
+
+    async def wait(
+        self,
+        prompt_id: str,
+        on_progress: ProgressCallback,
+        timeout: float,
+        ws: aiohttp.ClientWebSocketResponse | None = None,
+        *,
+        require_images: bool = True,
+        cancelled: asyncio.Event | None = None,
+    ) -> list[ImageRef]:
+        """Wait for an already queued prompt. Without a socket (after a restart) history alone tells.
+
+        `cancelled`: set once the prompt was interrupted or taken out of ComfyUI's queue. A prompt
+        removed before it started leaves no history and sends no event, so then the wait ends as
+        soon as ComfyUI's queue no longer holds it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise PlasmaError(
+                    ErrorCode.COMFYUI_UNAVAILABLE,
+                    f"ComfyUI did not finish prompt {prompt_id} within {timeout:.0f} s",
+                )
+            ended = False
+            if ws is not None and not ws.closed:
+                try:
+                    msg = await ws.receive(timeout=self._poll)
+                except TimeoutError:
+                    msg = None  # silence: ask the history below
+                if msg is not None:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        ended = await self._on_event(msg.data, prompt_id, on_progress)
+                        if not ended:
+                            continue  # keep draining events; history is asked on silence or the end
+                    elif msg.type in (
+                        aiohttp.WSMsgType.CLOSE,
+                        aiohttp.WSMsgType.CLOSED,
+                        aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.ERROR,
+                    ):
+                        log.warning(
+                            "ComfyUI WebSocket dropped while waiting for %s; polling /history", prompt_id
+                        )
+                        ws = None
+                    else:
+                        continue  # binary previews
+            else:
+                await asyncio.sleep(self._poll)
+            entry = await self.history(prompt_id)
+            if entry is None and ended:
+                # The end event can beat the history write by a few milliseconds.
+                for _ in range(40):
+                    await asyncio.sleep(0.025)
+                    if (entry := await self.history(prompt_id)) is not None:
+                        break
+            if entry is not None:
+                status = entry.get("status", {})
+                if status.get("completed") or status.get("status_str") in ("success", "error"):
+                    return outcome(prompt_id, entry, require_images)
+            elif cancelled is not None and cancelled.is_set() and not await self.in_queue(prompt_id):
+                raise PlasmaError(
+                    ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started"
+                )
+
+    async def _on_event(self, data: str, prompt_id: str, on_progress: ProgressCallback) -> bool:
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError:
+            return False
+        kind, body = event.get("type"), event.get("data") or {}
+        if not isinstance(body, dict) or body.get("prompt_id") != prompt_id:
+            return False
+        if kind == "progress":
+            try:
+                await on_progress(int(body["value"]), int(body["max"]))
+            except (KeyError, TypeError, ValueError):
+                pass
+            return False
+        if kind == "executing" and body.get("node") is None:
+            return True
+        return kind in TERMINAL_EVENTS
+
+
+def outcome(prompt_id: str, entry: dict[str, Any], require_images: bool = True) -> list[ImageRef]:
+    """The images of a finished history entry, or the PlasmaError saying why there are none."""
+    status = entry.get("status", {})
+    if status.get("status_str") == "error" or not status.get("completed", True):
+        raise PlasmaError(
+            ErrorCode.COMFYUI_REJECTED,
+            failure_message(status.get("messages", [])),
+            details={"prompt_id": prompt_id},
+        )
+    images = [
+        ImageRef(str(img.get("filename")), str(img.get("subfolder", "")), str(img.get("type", "output")))
+        for node in (entry.get("outputs") or {}).values()
+        for img in (node.get("images") or [])
+        if img.get("type", "output") == "output"
+    ]
+    if not images and require_images:
+        raise PlasmaError(ErrorCode.COMFYUI_REJECTED, f"ComfyUI finished prompt {prompt_id} with no image")
+    return images
+
+
+def failure_message(messages: list[Any]) -> str:
+    for item in messages:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
+            continue
+        name, data = item
+        if name == "execution_error":
+            return (
+                f"ComfyUI failed in {data.get('node_type', '?')} (node {data.get('node_id', '?')}): "
+                f"{data.get('exception_type', '')}: {str(data.get('exception_message', '')).strip()}"
+            )
+        if name == "execution_interrupted":
+            return "interrupted in ComfyUI"
+    return "ComfyUI reported an error without a message"
+
+
+def rejection_message(body: dict[str, Any]) -> str:
+    """ComfyUI's 400 body (error + node_errors) as one line a person can act on."""
+    error = body.get("error") or {}
+    parts = [str(error.get("message", "ComfyUI refused the graph")).rstrip(".")]
+    for node_id, node in (body.get("node_errors") or {}).items():
+        for err in node.get("errors", [])[:2]:
+            parts.append(
+                f"node {node_id} ({node.get('class_type', '?')}): {err.get('message', '')}"
+                f" {err.get('details', '')}".strip()
+            )
+    return "; ".join(parts)
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")

@@ -1,0 +1,55 @@
+"""Hardware limits of the artist's machine (M1 Pro, 16 GB unified memory), in one place.
+
+These are facts of the hardware, not preferences: going past them ends in an out-of-memory kill
+that can take hours of work with it. Every entry point (HTTP, JSON-RPC, the CLI, the trainer, the
+benchmark) validates through `plasmad.generation.validation`, which reads these numbers and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Generation (GEN-03)
+MAX_WIDTH: Final = 512
+MAX_HEIGHT: Final = 768
+MIN_SIZE: Final = 64
+SIZE_MULTIPLE: Final = 8  # SD 1.5's latent is 1/8 of the image
+BATCH_SIZE: Final = 1  # the only safe batch size, for generation and training alike
+MAX_STEPS: Final = 150
+MAX_CFG: Final = 30.0
+MAX_SEED: Final = 2**64 - 1  # KSampler's seed range
+DEFAULT_WIDTH: Final = 512
+DEFAULT_HEIGHT: Final = 768
+DEFAULT_STEPS: Final = 20
+DEFAULT_CFG: Final = 7.0
+DEFAULT_SAMPLER: Final = "euler_ancestral"
+DEFAULT_SCHEDULER: Final = "normal"
+DEFAULT_LORA_STRENGTH: Final = 1.0
+MAX_LORA_STRENGTH: Final = 2.0
+
+# ControlNet (CTRL-02): one model at a time, strength within the range that keeps the LoRA's say.
+CONTROLNET_MODELS_AT_ONCE: Final = 1
+CONTROLNET_STRENGTH_MIN: Final = 0.4
+CONTROLNET_STRENGTH_MAX: Final = 0.9
+CONTROLNET_STRENGTH_DEFAULT: Final = 0.65
+
+# Base model family: SD 1.5 only (SDXL training does not fit in 16 GB).
+BASE_MODEL_FAMILY: Final = "sd15"
+
+# Training (LORA-01, GEN-06)
+TRAIN_MAX_RESOLUTION: Final = 512
+TRAIN_DEFAULT_STEPS: Final = 1000
+TRAIN_MAX_STEPS: Final = 20000
+TRAIN_DEFAULT_SAVE_EVERY: Final = 200
+TRAIN_DEFAULT_NETWORK_DIM: Final = 32
+TRAIN_DEFAULT_NETWORK_ALPHA: Final = 16
+TRAIN_DEFAULT_LEARNING_RATE: Final = 1e-4
+TRAININGS_AT_ONCE: Final = 1
+# Generation and training never run at once: there is one GPU lock (plasmad.core.gpu_lock).
+
+# Dataset (DATA-01)
+DATASET_IMAGE_SIZE: Final = 512
+DATASET_MIN_IMAGES: Final = 15
+DATASET_MAX_UPSCALE: Final = 2.0
+REG_MIN_IMAGES: Final = 100
+REG_MAX_IMAGES: Final = 200

@@ -1,0 +1,198 @@
+"""The job store: one SQLite file in the state dir, the truth about every job.
+
+A job is written here before the API answers 202, and every state change goes through here, so a
+restart (kill -9 included) finds every queued job and every job that was running. sqlite3 blocks,
+so each call runs in a worker thread; one connection, serialised by a lock, is plenty for a queue
+that runs one job at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from plasmad.core.states import JobKind, JobStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order
+    id           TEXT NOT NULL UNIQUE,
+    kind         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    request      TEXT NOT NULL,   -- JSON, as validated, seed filled in
+    prompt_id    TEXT,            -- ComfyUI prompt id of the current attempt, stored before POST /prompt
+    step         INTEGER,
+    total        INTEGER,
+    result       TEXT,            -- JSON
+    error        TEXT,            -- JSON: PlasmaError.to_dict()
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    created_at   TEXT NOT NULL,
+    started_at   TEXT,
+    finished_at  TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+"""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: JobKind
+    status: JobStatus
+    request: dict[str, Any]
+    created_at: str = field(default_factory=now)
+    prompt_id: str | None = None
+    step: int | None = None
+    total: int | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    seq: int = 0
+
+
+_JSON_COLUMNS = ("request", "result", "error")
+_COLUMNS = (
+    "id",
+    "kind",
+    "status",
+    "request",
+    "prompt_id",
+    "step",
+    "total",
+    "result",
+    "error",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+        # WAL + NORMAL: a committed job survives a crash or kill -9 of the daemon (the OS has the
+        # write); only a power cut can lose the last commits. FULL would fsync every progress tick.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        def _close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(_close)
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("job store is closed")
+            return self._db.execute(sql, args).fetchall()
+
+    async def _q(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        return await asyncio.to_thread(self._run, sql, args)
+
+    async def add(self, job: Job) -> Job:
+        values = [_encode(c, getattr(job, c)) for c in _COLUMNS]
+        marks = ", ".join("?" * len(_COLUMNS))
+        rows = await self._q(
+            f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({marks}) RETURNING seq", *values
+        )
+        job.seq = int(rows[0]["seq"])
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        rows = await self._q("SELECT * FROM jobs WHERE id = ?", job_id)
+        return _decode(rows[0]) if rows else None
+
+    async def update(self, job_id: str, **changes: Any) -> None:
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown job columns: {sorted(unknown)}")
+        sets = ", ".join(f"{c} = ?" for c in changes)
+        await self._q(
+            f"UPDATE jobs SET {sets} WHERE id = ?", *(_encode(c, v) for c, v in changes.items()), job_id
+        )
+
+    async def set_status_if(self, job_id: str, expected: JobStatus, **changes: Any) -> bool:
+        """Change a job only if it is still in `expected` (a cancel racing the worker loses cleanly)."""
+        sets = ", ".join(f"{c} = ?" for c in changes)
+        args = (*(_encode(c, v) for c, v in changes.items()), job_id, expected.value)
+        rows = await self._q(f"UPDATE jobs SET {sets} WHERE id = ? AND status = ? RETURNING id", *args)
+        return bool(rows)
+
+    async def recent(
+        self, status: JobStatus | None = None, kind: JobKind | None = None, limit: int = 50
+    ) -> list[Job]:
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind.value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._q(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", *args, limit)
+        return [_decode(r) for r in rows]
+
+    async def next_queued(self) -> Job | None:
+        rows = await self._q(
+            "SELECT * FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", JobStatus.QUEUED.value
+        )
+        return _decode(rows[0]) if rows else None
+
+    async def count(self, status: JobStatus) -> int:
+        rows = await self._q("SELECT COUNT(*) AS n FROM jobs WHERE status = ?", status.value)
+        return int(rows[0]["n"])
+
+    async def in_states(self, kind: JobKind, states: frozenset[JobStatus]) -> list[Job]:
+        marks = ", ".join("?" * len(states))
+        rows = await self._q(
+            f"SELECT * FROM jobs WHERE kind = ? AND status IN ({marks}) ORDER BY seq",
+            kind.value,
+            *(s.value for s in states),
+        )
+        return [_decode(r) for r in rows]
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return None if value is None else json.dumps(value, sort_keys=True)
+    if isinstance(value, (JobKind, JobStatus)):
+        return value.value
+    return value
+
+
+def _decode(row: sqlite3.Row) -> Job:
+    data = {c: row[c] for c in _COLUMNS}
+    for c in _JSON_COLUMNS:
+        data[c] = json.loads(data[c]) if data[c] is not None else None
+    data["kind"] = JobKind(data["kind"])
+    data["status"] = JobStatus(data["status"])
+    return Job(seq=int(row["seq"]), **data)

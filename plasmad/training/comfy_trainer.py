@@ -1,0 +1,521 @@
+"""The ComfyUI backend: ComfyUI's own LoRA training nodes (0.3.75), for where kohya is not set up.
+
+kohya cannot be installed from the package registries, so this is the trainer CI really runs. The
+graph is `templates/train-lora-comfy.json` (API format, slot-filled like the generation templates):
+
+    CheckpointLoaderSimple -> LoadImageTextDataSetFromFolder -> MakeTrainingDataset (VAE + CLIP)
+        -> TrainLoraNode -> SaveLoRA
+
+What the nodes allow, and what this does about it (measured on 0.3.75):
+
+- TrainLoraNode trains for `steps` and returns the LoRA only at the end: it cannot save along the
+  way. So a training runs as chunks of `saveEverySteps` steps, one ComfyUI prompt each, every chunk
+  continuing from the last through the node's `existing_lora` input. ComfyUI caches the checkpoint,
+  the dataset and its encoding between chunks (only the trainer's inputs change), so a chunk costs
+  its steps and little more. Carried over: the LoRA matrices. Not carried over: the optimizer's
+  state (AdamW restarts each chunk) and the bias/norm offsets the node also trains (`.diff`,
+  `.diff_b`: they start again at zero each chunk). Each checkpoint is exactly the model the node
+  had at the end of its chunk.
+- `existing_lora` must be a file in ComfyUI's loras folder named `..._<steps>_steps_...`, in the
+  node's own key layout: the last chunk's file is kept for that in `models/loras/plasma-train/<id>/`,
+  a folder plasmad owns and removes when the training ends.
+- The node trains the UNet only (not the text encoder), every linear and conv layer, with alpha 1
+  (scale 1/rank): `networkAlpha` has no effect here; `networkDim` is the rank (at most 128).
+- Its dtype is bf16 or fp32: fp32 where PLASMA_UNET_DTYPE is fp32 (CPU hosts, where bf16 autocast is
+  slow or missing), bf16 otherwise.
+- It has no regularisation images: with a reg set, as many reg images as there are training images
+  are added to the set with their own captions, the balance kohya's epochs have.
+- Progress comes from the WebSocket `progress` events (one per step); the loss is not reported by
+  any node, so the status has none for this backend.
+
+SaveLoRA writes `diffusion_model.<ldm path>.lora_up.weight`-style keys into ComfyUI's output folder.
+Each checkpoint is rewritten into kohya's layout (`lora_unet_<ldm path>.lora_down.weight`, `.alpha`,
+conv layers as kohya shapes them, kohya's `ss_*` metadata) by renaming the header only: the tensor
+bytes are copied as they are. ComfyUI's LoraLoader loads it with every key matched. sd-scripts
+itself names UNet modules the diffusers way, so its own tools would not resume from this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from plasmad import dataset
+from plasmad.comfy import modelfiles
+from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.templates import Template, TemplateError, load_template
+from plasmad.core.config import Config
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_configured
+from plasmad.training import kohya
+from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "train-lora-comfy"
+OWN_FOLDER = "plasma-train"  #: under ComfyUI's input/, output/ and models/loras/: plasmad's own
+NODES = ("TrainLoraNode", "SaveLoRA", "LoadImageTextDataSetFromFolder", "MakeTrainingDataset")
+# A guard against a silent hang, not a limit: far above any step time seen (CPU, 512 px).
+CHUNK_TIMEOUT_PER_STEP_S = 300.0
+CHUNK_TIMEOUT_BASE_S = 1800.0
+_OOM_RE = re.compile(r"out of memory|OutOfMemoryError|Cannot allocate memory", re.IGNORECASE)
+_SUFFIXES = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "alpha", "diff_b", "diff")
+_UNET = "diffusion_model."
+
+
+def chunk_ends(total: int, every: int) -> list[int]:
+    """The step each chunk ends at: every `every` steps, then the total."""
+    return [*range(every, total, every), total] if every < total else [total]
+
+
+def saves_step_file(end: int, total: int, every: int) -> bool:
+    """kohya's rule: a step file at every multiple of save_every (the last included, beside the
+    final file), none at all when save_every is not below the total."""
+    return every < total and end % every == 0
+
+
+def training_dtype(cfg: Config) -> str:
+    return "fp32" if cfg.unet_dtype == "fp32" else "bf16"
+
+
+class ComfyTrainer:
+    name = "comfyui"
+
+    def __init__(self, cfg: Config, comfy: ComfyClient) -> None:
+        self._cfg = cfg
+        self._comfy = comfy
+
+    # --- submission ------------------------------------------------------------------------------
+
+    async def prepare(self, spec: TrainSpec) -> Prepared:
+        self._cfg.require_comfyui_dir()
+        await self._template()
+        infos = {node: await self._comfy.object_info(node) for node in NODES}
+        missing = [node for node, info in infos.items() if not info]
+        if missing:
+            raise not_configured(
+                "PLASMA_TRAINER",
+                f"ComfyUI at {self._comfy.base_url} has no {', '.join(missing)} (ComfyUI 0.3.75 or newer "
+                "has them); set KOHYA_PYTHON and KOHYA_SCRIPT to train with kohya instead",
+            )
+        rank_spec = infos["TrainLoraNode"].get("input", {}).get("required", {}).get("rank", [None, {}])
+        most = int(rank_spec[1].get("max", 128)) if len(rank_spec) > 1 else 128
+        if spec.network_dim > most:
+            raise invalid(
+                "networkDim", f"{spec.network_dim}: ComfyUI's trainer takes a rank of at most {most}"
+            )
+        warnings = [
+            "comfyui: ComfyUI's trainer trains the UNet only, with alpha 1: networkAlpha has no effect; "
+            "AdamW's state and the bias/norm offsets restart at each saveEverySteps chunk",
+        ]
+        if spec.reg_dir is not None:
+            warnings.append(
+                "comfyui: no prior-preservation loss: regularisation images are mixed into the set, "
+                "as many as there are training images"
+            )
+        stats = await self._comfy.system_stats()
+        devices = {str(d.get("type")) for d in stats.get("devices", [])}
+        if devices and devices <= {"cpu"}:
+            warnings.append(
+                "NO GPU: ComfyUI runs on the CPU, so training is about 10x slower or worse (hours become "
+                "days). Start ComfyUI on the Apple GPU (mps) for real trainings."
+            )
+        settings = {"trainingDtype": training_dtype(self._cfg), "rank": spec.network_dim}
+        return Prepared(settings=settings, warnings=warnings)
+
+    async def _template(self) -> Template:
+        try:
+            return await asyncio.to_thread(load_template, self._cfg.templates_dir, TEMPLATE)
+        except TemplateError as exc:
+            raise not_configured("PLASMA_TEMPLATES_DIR", str(exc)) from None
+
+    # --- the run -----------------------------------------------------------------------------------
+
+    async def run(self, spec: TrainSpec, events: TrainEvents, stop: asyncio.Event) -> Outcome:
+        folders = await self._folders(spec.training_id)
+        await events.started({"comfyFolders": {k: str(v) for k, v in folders.items()}})
+        logger = _RunLog(spec.log_path)
+        try:
+            return await self._run(spec, events, stop, folders, logger)
+        finally:
+            await asyncio.to_thread(_remove_folders, folders)
+            await logger.close()
+
+    async def _run(
+        self,
+        spec: TrainSpec,
+        events: TrainEvents,
+        stop: asyncio.Event,
+        folders: dict[str, Path],
+        logger: _RunLog,
+    ) -> Outcome:
+        template = await self._template()
+        staged = await asyncio.to_thread(stage_dataset, spec, folders["input"])
+        logger.line(f"staged {staged} images at {spec.resolution} px in {folders['input']}")
+        shapes = await asyncio.to_thread(_unet_shapes, spec.checkpoint_path)
+        ends = chunk_ends(spec.steps, spec.save_every)
+        meter = _StepMeter(spec.steps)
+        existing, done = "[None]", 0
+        for number, end in enumerate(ends, 1):
+            if stop.is_set():
+                return _cancelled(done, spec.steps)
+            steps = end - done
+            prefix = f"{OWN_FOLDER}/{spec.training_id}/{spec.output_name}-{end:08d}-{secrets.token_hex(3)}"
+            graph = template.fill(
+                {
+                    "checkpoint_name": spec.checkpoint,
+                    "dataset_folder": f"{OWN_FOLDER}/{spec.training_id}",
+                    "steps": steps,
+                    "learning_rate": spec.learning_rate,
+                    "rank": spec.network_dim,
+                    "seed": spec.seed + number - 1,  # a new noise stream per chunk, reproducibly
+                    "training_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
+                    "lora_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
+                    "existing_lora": existing,
+                    "filename_prefix": prefix,
+                }
+            )
+            prompt_id = str(uuid.uuid4())
+            await events.started({"promptId": prompt_id})
+            logger.line(f"chunk {number}/{len(ends)}: steps {done + 1}-{end} (ComfyUI prompt {prompt_id})")
+            failed = await self._run_chunk(graph, prompt_id, steps, done, meter, events, stop)
+            if failed is not None:
+                logger.line(f"chunk {number} ended: {failed.kind}: {failed.reason}")
+                return failed
+            native = await asyncio.to_thread(_saved_file, folders["output"].parent.parent, prefix)
+            if native is None:
+                reason = f"SaveLoRA wrote no file under {folders['output']} for chunk {number}"
+                logger.line(reason)
+                return Outcome("failed", reason, "Check ComfyUI's log; is its output folder elsewhere?")
+            metadata = _metadata(spec, end)
+            if saves_step_file(end, spec.steps, spec.save_every):
+                path = spec.output_dir / f"{spec.output_name}-step{end:08d}.safetensors"
+                await asyncio.to_thread(to_kohya, native, path, shapes, metadata)
+                logger.line(f"saving checkpoint: {path}")
+                await events.checkpoint(end, path)
+            if end == spec.steps:
+                final = spec.output_dir / f"{spec.output_name}.safetensors"
+                await asyncio.to_thread(to_kohya, native, final, shapes, metadata)
+                logger.line(f"saving checkpoint: {final}")
+                await events.checkpoint(None, final)
+            else:
+                existing = await asyncio.to_thread(_keep_for_next_chunk, native, folders["loras"], spec, end)
+            await asyncio.to_thread(native.unlink, missing_ok=True)
+            done = end
+        return Outcome("succeeded", "ComfyUI's trainer wrote the final LoRA")
+
+    async def _run_chunk(
+        self,
+        graph: dict[str, Any],
+        prompt_id: str,
+        steps: int,
+        done: int,
+        meter: _StepMeter,
+        events: TrainEvents,
+        stop: asyncio.Event,
+    ) -> Outcome | None:
+        """One prompt; None when it succeeded, else how the training ended."""
+
+        async def on_progress(value: int, most: int) -> None:
+            if most != steps:
+                return  # another node's bar (a tiled VAE encode), not the trainer's steps
+            await events.progress(meter.at(done + value))
+
+        timeout = CHUNK_TIMEOUT_BASE_S + CHUNK_TIMEOUT_PER_STEP_S * steps
+        task = asyncio.create_task(
+            self._comfy.run(graph, prompt_id, on_progress, timeout, require_images=False, cancelled=stop)
+        )
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                try:
+                    await self._comfy.interrupt(prompt_id)
+                except PlasmaError as exc:
+                    log.warning("could not interrupt training prompt %s: %s", prompt_id, exc)
+            try:
+                await task
+            except PlasmaError as exc:
+                if stop.is_set():
+                    return _cancelled(done, meter.total)
+                return _failure(exc)
+            return None  # finished (even if the stop came just after: its checkpoint is kept)
+        finally:
+            for t in (task, stopper):
+                t.cancel()
+            await asyncio.gather(task, stopper, return_exceptions=True)
+
+    async def _folders(self, training_id: str) -> dict[str, Path]:
+        """ComfyUI's input/, output/ and models/loras/ subfolders this training owns."""
+        root = self._cfg.require_comfyui_dir()
+        argv: list[str] = []
+        try:
+            argv = [str(a) for a in (await self._comfy.system_stats()).get("system", {}).get("argv", [])]
+        except PlasmaError:
+            pass  # ComfyUI's absence is reported by the first prompt
+        base = _flag(argv, "--base-directory", root, root)
+        return {
+            "input": _flag(argv, "--input-directory", base / "input", root) / OWN_FOLDER / training_id,
+            "output": _flag(argv, "--output-directory", base / "output", root) / OWN_FOLDER / training_id,
+            "loras": root / "models" / "loras" / OWN_FOLDER / training_id,
+        }
+
+    async def abandon(self, spec: TrainSpec, state: dict[str, Any]) -> None:
+        """The daemon died mid-chunk: the prompt may still run in ComfyUI. Stop it, drop our files."""
+        prompt_id = state.get("promptId")
+        if isinstance(prompt_id, str) and prompt_id:
+            try:
+                await self._comfy.interrupt(prompt_id)
+            except PlasmaError as exc:
+                log.warning("training %s: cannot interrupt prompt %s: %s", spec.training_id, prompt_id, exc)
+        folders = state.get("comfyFolders")
+        if isinstance(folders, dict):
+            paths = {k: Path(v) for k, v in folders.items() if isinstance(v, str)}
+            await asyncio.to_thread(_remove_folders, paths)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _flag(argv: list[str], flag: str, default: Path, relative_to: Path) -> Path:
+    """The value of `--flag X` / `--flag=X` in ComfyUI's argv (relative: to its folder)."""
+    value: str | None = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    if value is None:
+        return default
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else relative_to / path
+
+
+def _cancelled(done: int, total: int) -> Outcome:
+    return Outcome("cancelled", f"training was cancelled after step {done} of {total}")
+
+
+def _failure(exc: PlasmaError) -> Outcome:
+    if _OOM_RE.search(exc.message):
+        return Outcome("out_of_memory", f"out of memory: {exc.message}", kohya.OOM_ADVICE)
+    if exc.code == ErrorCode.COMFYUI_UNAVAILABLE:
+        return Outcome(
+            "failed",
+            f"ComfyUI stopped answering during the training: {exc.message}",
+            "If ComfyUI was killed, the system most likely ran out of memory: " + kohya.OOM_ADVICE,
+        )
+    return Outcome("failed", exc.message, "See ComfyUI's log (and the training log) for the details.")
+
+
+class _StepMeter:
+    """Seconds per step from the steps' own timing (model loading between chunks not counted)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._last: tuple[float, int] | None = None
+        self._rate: float | None = None
+
+    def at(self, step: int) -> TrainProgress:
+        now = time.monotonic()
+        if self._last is not None and step > self._last[1]:
+            sample = (now - self._last[0]) / (step - self._last[1])
+            self._rate = sample if self._rate is None else 0.8 * self._rate + 0.2 * sample
+        self._last = (now, step)
+        eta = self._rate * (self.total - step) if self._rate is not None else None
+        return TrainProgress(step, self.total, None, self._rate, eta)
+
+
+class _RunLog:
+    """The training log of this backend: our own lines (ComfyUI's output is ComfyUI's log)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lines: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def line(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._lines.append(f"{stamp} {text}\n")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._lines:
+            batch, self._lines = "".join(self._lines), []
+            await asyncio.to_thread(_append, self._path, batch)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._task
+        await self._flush()
+
+
+def _append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _remove_folders(folders: dict[str, Path]) -> None:
+    for path in folders.values():
+        if path.parent.name != OWN_FOLDER:
+            continue  # only ever our own plasma-train/<id> folders
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            path.parent.rmdir()  # plasma-train/ itself, when no other training uses it
+        except OSError:
+            pass
+
+
+def stage_dataset(spec: TrainSpec, folder: Path) -> int:
+    """The training images and captions, at the training resolution, flat in `folder` (blocking).
+
+    kohya resizes while training; ComfyUI's dataset node takes images as they are, so they are
+    resized here. With a reg set, as many reg images as training images join, under their captions.
+    """
+    shutil.rmtree(folder, ignore_errors=True)  # a leftover of an earlier attempt of this training
+    folder.mkdir(parents=True)
+    images = sorted(p for p in spec.image_dir.iterdir() if p.suffix.lower() in dataset.KOHYA_IMAGE_EXTS)
+    count = 0
+    for path in images:
+        _stage_one(path, folder / f"{path.stem}.png", spec.resolution)
+        count += 1
+    if spec.reg_dir is not None:
+        reg = sorted(
+            p
+            for sub in sorted(spec.reg_dir.iterdir())
+            if sub.is_dir()
+            for p in sub.iterdir()
+            if p.suffix.lower() in dataset.KOHYA_IMAGE_EXTS
+        )
+        for path in reg[: len(images)]:
+            _stage_one(path, folder / f"reg-{path.parent.name}-{path.stem}.png", spec.resolution)
+            count += 1
+    return count
+
+
+def _stage_one(source: Path, target: Path, size: int) -> None:
+    caption = source.with_suffix(dataset.CAPTION_EXT).read_text(encoding="utf-8").strip().splitlines()
+    with Image.open(source) as im:
+        im.load()
+        picture = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+    picture.save(target)
+    target.with_suffix(".txt").write_text(caption[0] if caption else "", encoding="utf-8")
+
+
+def _saved_file(output_root: Path, prefix: str) -> Path | None:
+    """SaveLoRA's file for `prefix` (it appends `_<counter>_.safetensors`), the newest if several."""
+    folder = output_root / Path(prefix).parent
+    stem = Path(prefix).name
+    found = sorted(folder.glob(f"{stem}_*_.safetensors"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _keep_for_next_chunk(native: Path, folder: Path, spec: TrainSpec, end: int) -> str:
+    """Move the chunk's file into loras/plasma-train/<id>/ under the name TrainLoraNode parses
+    (`..._<steps>_steps_...`); the previous one goes. Returns the name the node's input takes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.safetensors"):
+        old.unlink()
+    target = folder / f"{spec.training_id}_{end}_steps_.safetensors"
+    shutil.copyfile(native, target)
+    return f"{OWN_FOLDER}/{spec.training_id}/{target.name}"
+
+
+def _unet_shapes(checkpoint: Path) -> dict[str, list[int]]:
+    """The UNet's weight shapes by LDM path (from the checkpoint's header; no tensor is read)."""
+    tensors, _ = modelfiles.read_header(checkpoint)
+    prefix = "model." + _UNET
+    return {
+        key[len(prefix) : -len(".weight")]: list(value["shape"])
+        for key, value in tensors.items()
+        if key.startswith(prefix) and key.endswith(".weight") and isinstance(value, dict)
+    }
+
+
+def _metadata(spec: TrainSpec, step: int) -> dict[str, str]:
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(spec.network_dim),
+        "ss_network_alpha": "1.0",  # what TrainLoraNode trains with (scale 1/rank)
+        "ss_base_model_version": "sd_v1",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.title": spec.output_name,
+        "ss_output_name": spec.output_name,
+        "ss_steps": str(step),
+        "ss_max_train_steps": str(spec.steps),
+        "ss_learning_rate": repr(spec.learning_rate),
+        "ss_resolution": f"({spec.resolution}, {spec.resolution})",
+        "ss_seed": str(spec.seed),
+        "ss_sd_model_name": spec.checkpoint,
+        "ss_training_comment": "trained by ComfyUI's TrainLoraNode, run by plasmad",
+        "plasma_trainer": "comfyui",
+        "plasma_training_id": spec.training_id,
+    }
+
+
+def kohya_key(key: str) -> tuple[str, str, str] | None:
+    """`diffusion_model.a.b.lora_up.weight` -> ("lora_unet_a_b.lora_up.weight", "a.b", "lora_up.weight")."""
+    if not key.startswith(_UNET):
+        return None
+    for suffix in _SUFFIXES:
+        if key.endswith("." + suffix):
+            path = key[len(_UNET) : -len(suffix) - 1]
+            return f"lora_unet_{path.replace('.', '_')}.{suffix}", path, suffix
+    return None
+
+
+def to_kohya(src: Path, dst: Path, unet_shapes: dict[str, list[int]], metadata: dict[str, str]) -> None:
+    """Rewrite a SaveLoRA file in kohya's layout at `dst` (blocking). Only the header changes: keys
+    renamed, conv LoRAs given kohya's 4-D shapes (the same bytes, row-major), metadata added."""
+    tensors, _ = modelfiles.read_header(src)
+    header: dict[str, Any] = {}
+    for key, entry in tensors.items():
+        renamed = kohya_key(key)
+        if renamed is None:
+            header[key] = entry
+            continue
+        new_key, path, suffix = renamed
+        entry = dict(entry)
+        base = unet_shapes.get(path)
+        shape = list(entry["shape"])
+        if base is not None and len(base) == 4 and len(shape) == 2:
+            out_ch, in_ch, kh, kw = base
+            if suffix == "lora_down.weight" and shape[1] == in_ch * kh * kw:
+                entry["shape"] = [shape[0], in_ch, kh, kw]
+            elif suffix == "lora_up.weight" and shape[0] == out_ch:
+                entry["shape"] = [shape[0], shape[1], 1, 1]
+        header[new_key] = entry
+    header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, src.open("rb") as f:
+            (old_len,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + old_len)
+            out.write(struct.pack("<Q", len(blob)) + blob)
+            shutil.copyfileobj(f, out, 1024 * 1024)  # the tensors, byte for byte, never all in memory
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        # A training's own folder: each name is written once (link(2) refuses an existing name).
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise PlasmaError(ErrorCode.CONFLICT, f"{dst} exists already; not overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)
