@@ -1,9 +1,11 @@
 """plasmad's main: start in order, run until SIGTERM/SIGINT (or `plasmactl shutdown`), stop in order.
 
-Start: config -> single-instance lock -> store -> templates -> ComfyUI client -> queue recovery ->
-worker -> HTTP -> socket. Stop: refuse new work -> close the listeners -> stop the queue (the
-running job gets a grace period, then is parked for the next start) -> close the client and the
-store -> remove the socket, the runtime file and the lock.
+The daemon is an aiohttp app whose resources are cleanup contexts (start, yield, stop), so they
+stop in the reverse of their start. Start: config -> single-instance lock -> store -> ComfyUI
+client -> managed ComfyUI -> templates, queue recovery, worker -> socket -> HTTP. Stop: refuse
+new work -> close the HTTP listener -> close the socket -> stop the queue (the running job gets a
+grace period, then is parked for the next start) -> stop a managed ComfyUI -> close the client and
+the store -> remove the runtime file and the lock.
 """
 
 from __future__ import annotations
@@ -25,21 +27,16 @@ import aiohttp
 from aiohttp import web
 
 from plasmad import __version__
-from plasmad.api.http import create_app
+from plasmad.api.http import SERVICE, create_app
 from plasmad.api.rpc import bind_socket, build_methods, start_rpc_server
-from plasmad.api.service import Service
+from plasmad.api.service import Service, build_service
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.process import ManagedComfyUI, ManagedStartError
 from plasmad.comfy.templates import TemplateError, TemplateSet
 from plasmad.core.config import Config, ConfigError, load_config
 from plasmad.core.fsutil import replace_atomic
-from plasmad.core.gpu_lock import GpuLock
-from plasmad.core.job_queue import Handler, JobQueue
 from plasmad.core.logging_setup import setup_logging
-from plasmad.core.states import JobKind
 from plasmad.core.store import JobStore
-from plasmad.generation.handler import GenerationHandler
-from plasmad.training.service import TrainingHandler
 
 log = logging.getLogger("plasmad")
 
@@ -82,125 +79,145 @@ def instance_lock(path: Path) -> Any:
         f.close()
 
 
+STORE = web.AppKey("store", JobStore)
+COMFY = web.AppKey("comfy", ComfyClient)
+MANAGED = web.AppKey("managed", ManagedComfyUI)
+
+
 class Daemon:
+    """Starts the resources in order (one cleanup context each, stopped in reverse), serves HTTP
+    and the socket until SIGTERM/SIGINT or `plasmactl shutdown`, then stops in order."""
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stop_requested = asyncio.Event()
+        self.http_port = cfg.http_port
 
     def request_stop(self) -> None:
         self.stop_requested.set()
 
+    def create_app(self) -> web.Application:
+        """The daemon as an aiohttp app: its resources start with it and stop with it."""
+        app = create_app()
+        app.cleanup_ctx.extend(
+            [self._store, self._comfy_client, self._managed_comfyui, self._service, self._socket]
+        )
+        return app
+
     async def run(self) -> None:
         cfg = self.cfg
         with instance_lock(cfg.lock_path):
-            async with self._services() as (service, queue, http_runner, rpc_server):
-                loop = asyncio.get_running_loop()
+            app = self.create_app()
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            loop = asyncio.get_running_loop()
+            runtime_file = cfg.state_dir / "runtime.json"
+            try:
+                await runner.setup()
+                await self._listen(runner)
+                await asyncio.to_thread(replace_atomic, runtime_file, json.dumps(self._runtime()).encode())
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self.request_stop)
                 log.info(
                     "plasmad %s ready: http://%s:%d, socket %s, ComfyUI %s",
-                    __version__,
-                    cfg.http_host,
-                    self.http_port,
-                    cfg.socket_path,
-                    cfg.comfyui_url,
-                )
+                    __version__, cfg.http_host, self.http_port, cfg.socket_path, cfg.comfyui_url,
+                )  # fmt: skip
                 await self.stop_requested.wait()
                 log.info("stopping: no new work; the running job gets %.0f s", cfg.shutdown_grace_s)
-                service.accepting = False
-                rpc_server.close()
-                await http_runner.shutdown()
-                await queue.stop(cfg.shutdown_grace_s)
-                await http_runner.cleanup()
+                app[SERVICE].core.stop_accepting()
+            finally:
+                # Listeners first, then (in reverse of their start) the socket, the queue, a managed
+                # ComfyUI, the client and the store.
+                await runner.cleanup()
+                runtime_file.unlink(missing_ok=True)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         log.info("plasmad stopped")
 
-    @contextlib.asynccontextmanager
-    async def _services(
-        self,
-    ) -> AsyncIterator[tuple[Service, JobQueue, web.AppRunner, asyncio.AbstractServer]]:
+    async def _listen(self, runner: web.AppRunner) -> None:
         cfg = self.cfg
         try:
-            templates = TemplateSet(cfg.templates_dir)
+            await web.TCPSite(runner, cfg.http_host, cfg.http_port).start()
+        except OSError as exc:
+            what = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise StartupError(
+                f"cannot listen ({what}): PLASMA_HTTP_PORT={cfg.http_port}", EXIT_CANNOT_BIND
+            ) from exc
+        self.http_port = runner.addresses[0][1] if runner.addresses else cfg.http_port
+
+    def _runtime(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "httpHost": self.cfg.http_host,
+            "httpPort": self.http_port,
+            "socket": str(self.cfg.socket_path),
+            "version": __version__,
+        }
+
+    # --- the resources, one cleanup context each ------------------------------------------------------
+
+    async def _store(self, app: web.Application) -> AsyncIterator[None]:
+        store = JobStore(self.cfg.db_path)
+        await store.open()
+        app[STORE] = store
+        yield
+        await store.close()
+
+    async def _comfy_client(self, app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            app[COMFY] = ComfyClient(self.cfg.comfyui_url, session, self.cfg.history_poll_s)
+            yield
+
+    async def _managed_comfyui(self, app: web.Application) -> AsyncIterator[None]:
+        cfg = self.cfg
+        if not cfg.comfyui_managed:
+            yield
+            return
+        assert cfg.comfyui_python is not None and cfg.comfyui_dir is not None
+        managed = ManagedComfyUI(
+            cfg.comfyui_python,
+            cfg.comfyui_dir,
+            cfg.comfyui_url,
+            cfg.comfyui_args,
+            cfg.logs_dir / "comfyui.log",
+            app[COMFY],
+            pid_path=cfg.state_dir / "comfyui.pid",
+        )
+        try:
+            await managed.start()
+        except ManagedStartError as exc:
+            raise StartupError(f"COMFYUI_MANAGED: {exc}", EXIT_CONFIG) from exc
+        app[MANAGED] = managed
+        yield
+        await managed.stop()  # after the queue it served has stopped
+
+    async def _service(self, app: web.Application) -> AsyncIterator[None]:
+        cfg = self.cfg
+        try:
+            templates = await asyncio.to_thread(TemplateSet, cfg.templates_dir)
         except TemplateError as exc:
             raise StartupError(f"PLASMA_TEMPLATES_DIR: {exc}", EXIT_CONFIG) from exc
-        store = JobStore(cfg.db_path)
-        await store.open()
-        session = aiohttp.ClientSession()
-        runtime_file = cfg.state_dir / "runtime.json"
-        managed: ManagedComfyUI | None = None
-        try:
-            comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
-            if cfg.comfyui_managed:
-                assert cfg.comfyui_python is not None and cfg.comfyui_dir is not None
-                managed = ManagedComfyUI(
-                    cfg.comfyui_python,
-                    cfg.comfyui_dir,
-                    cfg.comfyui_url,
-                    cfg.comfyui_args,
-                    cfg.logs_dir / "comfyui.log",
-                    comfy,
-                    pid_path=cfg.state_dir / "comfyui.pid",
-                )
-                try:
-                    await managed.start()
-                except ManagedStartError as exc:
-                    raise StartupError(f"COMFYUI_MANAGED: {exc}", EXIT_CONFIG) from exc
-            gpu = GpuLock()
-            handlers: dict[JobKind, Handler] = {
-                JobKind.GENERATE: GenerationHandler(cfg, store, comfy),
-                JobKind.TRAIN: TrainingHandler(cfg, store, comfy),
-            }
-            if managed is not None:
-                # A job running when ComfyUI dies fails at once with the reason, instead of hanging.
-                handlers[JobKind.GENERATE] = managed.guarded(handlers[JobKind.GENERATE])
-            queue = JobQueue(store, gpu, handlers)
-            service = Service(cfg, store, queue, gpu, comfy, templates)
-            service.comfy_process = managed
-            await service.benchmarks.load()
-            await queue.recover()
-            queue.start()
-            methods = build_methods({"shutdown": self._rpc_shutdown})
-            runner = web.AppRunner(create_app(service), handle_signals=False, access_log=None)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, cfg.http_host, cfg.http_port)
-                await site.start()
-                sock = bind_socket(cfg.socket_path)
-            except OSError as exc:
-                await runner.cleanup()
-                await queue.stop(0)
-                what = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-                raise StartupError(
-                    f"cannot listen ({what}): PLASMA_HTTP_PORT={cfg.http_port} / "
-                    f"PLASMA_SOCKET={cfg.socket_path}",
-                    EXIT_CANNOT_BIND,
-                ) from exc
-            self.http_port = runner.addresses[0][1] if runner.addresses else cfg.http_port
-            rpc_server = await start_rpc_server(sock, service, methods)
-            info = {
-                "pid": os.getpid(),
-                "httpHost": cfg.http_host,
-                "httpPort": self.http_port,
-                "socket": str(cfg.socket_path),
-                "version": __version__,
-            }
-            await asyncio.to_thread(replace_atomic, runtime_file, json.dumps(info).encode())
-            try:
-                yield service, queue, runner, rpc_server
-            finally:
-                rpc_server.close()
-                await service.benchmarks.close()
-                with contextlib.suppress(FileNotFoundError):
-                    cfg.socket_path.unlink()
+        service = build_service(cfg, app[STORE], app[COMFY], templates, app.get(MANAGED))
+        app[SERVICE] = service
+        queue = service.core.queue
+        await service.benchmarks.load()
+        await queue.recover()
+        queue.start()
+        yield
+        await queue.stop(cfg.shutdown_grace_s)  # the running job gets its grace, then is parked
+        await service.benchmarks.close()
 
-        finally:
-            if managed is not None:
-                await managed.stop()  # last of the workers: the queue it served has stopped
-            runtime_file.unlink(missing_ok=True)
-            await session.close()
-            await store.close()
+    async def _socket(self, app: web.Application) -> AsyncIterator[None]:
+        path = self.cfg.socket_path
+        try:
+            sock = bind_socket(path)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on PLASMA_SOCKET={path}: {exc}", EXIT_CANNOT_BIND) from exc
+        methods = build_methods({"shutdown": self._rpc_shutdown})
+        server = await start_rpc_server(sock, app[SERVICE], methods)
+        yield
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     async def _rpc_shutdown(self, service: Service, params: dict[str, Any]) -> dict[str, Any]:
         # The same path as SIGTERM: only sets the event.

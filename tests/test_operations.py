@@ -278,7 +278,7 @@ async def test_a_bench_interrupted_by_a_stop_is_recorded_at_the_next_start(open_
     a = await open_api(start_worker=False)
     started = await (await a.post("/bench", {"resolution": {"width": 64, "height": 64}})).json()
     await a.stack.service.benchmarks.close()  # the daemon stops before the job ran
-    again = Bench(a.stack.service)  # the next start
+    again = Bench(a.stack.core)  # the next start
     await again.load()
     a.stack.service.benchmarks = again
     a.stack.queue.start()

@@ -29,19 +29,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from plasmad.api.http import create_app
-from plasmad.api.service import Service
+from plasmad.api.service import Service, build_service
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.templates import TemplateSet
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode
 from plasmad.core.gpu_lock import GpuLock
-from plasmad.core.job_queue import Handler, JobQueue
+from plasmad.core.job_queue import JobQueue
 from plasmad.core.states import JobKind
 from plasmad.core.store import JobStore
-from plasmad.generation.handler import GenerationHandler
 from plasmad.training.backend import TrainSpec
 from plasmad.training.kohya_backend import KohyaTrainer
-from plasmad.training.service import TrainingHandler
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, probe_answer, write_fake_python
 from tests.support.app import FINISHED, eventually, expect_error, make_config, release_fake, rpc
@@ -130,13 +128,8 @@ async def open_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
             session = aiohttp.ClientSession()
             exits.push_async_callback(session.close)
             comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
-            gpu = GpuLock()
-            handlers: dict[JobKind, Handler] = {
-                JobKind.GENERATE: GenerationHandler(cfg, store, comfy),
-                JobKind.TRAIN: TrainingHandler(cfg, store, comfy),
-            }
-            queue = JobQueue(store, gpu, handlers)
-            service = Service(cfg, store, queue, gpu, comfy, TemplateSet(cfg.templates_dir))
+            service = build_service(cfg, store, comfy, TemplateSet(cfg.templates_dir))
+            queue, gpu = service.core.queue, service.core.gpu
             await queue.recover()
             if start_worker:
                 queue.start()

@@ -135,7 +135,7 @@ async def doctor(request: web.Request) -> web.Response:
 
 
 async def start_bench(request: web.Request) -> web.Response:
-    return web.json_response(await _svc(request).benchmarks.start(await _body(request)), status=202)
+    return web.json_response(await _svc(request).start_bench(await _body(request)), status=202)
 
 
 async def bench_results(request: web.Request) -> web.Response:
@@ -207,8 +207,13 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def create_app(service: Service, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+def create_app(
+    service: Service | None = None, extra_routes: list[web.RouteDef] | None = None
+) -> web.Application:
+    """The HTTP app. Without `service`, whoever starts the app sets `app[SERVICE]` before it serves
+    (the daemon does, in one of its cleanup contexts)."""
     app = web.Application(middlewares=[errors, guard], client_max_size=1024 * 1024)
-    app[SERVICE] = service
+    if service is not None:
+        app[SERVICE] = service
     app.add_routes(routes() + (extra_routes or []))
     return app

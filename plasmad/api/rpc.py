@@ -61,7 +61,7 @@ def build_methods(
         "lora_samples_status": lambda s, p: s.training.samples_status(p.get("id")),
         "lora_promote": lambda s, p: s.training.promote(p.pop("id", None), p),
         "doctor": lambda s, p: s.doctor(),
-        "bench": lambda s, p: s.benchmarks.start(p),
+        "bench": lambda s, p: s.start_bench(p),
         "bench_results": lambda s, p: s.benchmarks.results(p),
         "logs": lambda s, p: s.logs(p),
         **(extra or {}),

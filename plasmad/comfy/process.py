@@ -32,9 +32,6 @@ from urllib.parse import urlparse
 
 from plasmad.comfy.client import ComfyClient
 from plasmad.core.errors import ErrorCode, PlasmaError
-from plasmad.core.job_queue import Handler, RunContext
-from plasmad.core.states import JobStatus
-from plasmad.core.store import Job
 
 log = logging.getLogger(__name__)
 
@@ -418,25 +415,3 @@ class ManagedComfyUI:
             if exit_status.done():
                 raise self._died(exit_status.result()) from exc
             raise
-
-    def guarded(self, inner: Handler) -> Handler:
-        """`inner` (the generation handler) with its runs guarded against ComfyUI's death."""
-        return _GuardedHandler(inner, self)
-
-
-class _GuardedHandler:
-    def __init__(self, inner: Handler, process: ManagedComfyUI) -> None:
-        self._inner = inner
-        self._process = process
-
-    async def run(self, ctx: RunContext) -> dict[str, object]:
-        return await self._process.guard(self._inner.run(ctx))
-
-    async def stop(self, ctx: RunContext) -> None:
-        await self._inner.stop(ctx)
-
-    async def recover(self, job: Job) -> JobStatus:
-        return await self._inner.recover(job)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)  # anything else the wrapped handler offers

@@ -45,16 +45,20 @@ class Handler(Protocol):
 
 
 class JobQueue:
-    def __init__(self, store: JobStore, gpu: GpuLock, handlers: dict[JobKind, Handler]) -> None:
+    def __init__(self, store: JobStore, gpu: GpuLock, handlers: dict[JobKind, Handler] | None = None) -> None:
         self._store = store
-        self._gpu = gpu
-        self._handlers = handlers
+        self.gpu = gpu
+        self._handlers = dict(handlers or {})
         self._wake = asyncio.Event()
         self._ended = asyncio.Event()  #: replaced by a fresh one each time a job ends
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._current: RunContext | None = None
         self._run_task: asyncio.Task[dict[str, object]] | None = None
+
+    def handle(self, kind: JobKind, handler: Handler) -> None:
+        """Jobs of `kind` are run by `handler` (each feature brings the handler of its jobs)."""
+        self._handlers[kind] = handler
 
     @property
     def current(self) -> Job | None:
@@ -86,6 +90,10 @@ class JobQueue:
     def _announce_end(self) -> None:
         ended, self._ended = self._ended, asyncio.Event()
         ended.set()
+
+    def wake_waiters(self) -> None:
+        """End every `job_ended` wait now (the daemon is stopping)."""
+        self._announce_end()
 
     async def job_ended(self, timeout: float) -> None:
         """Return when any job ends (succeeds, fails, is cancelled) or after `timeout` seconds.
@@ -143,7 +151,7 @@ class JobQueue:
             if job is None:
                 await self._wake.wait()
                 continue
-            async with self._gpu.hold(f"{job.kind.value} job {job.id}"):
+            async with self.gpu.hold(f"{job.kind.value} job {job.id}"):
                 if self._stopping:
                     break
                 with job_context(job.id):  # what is logged while it runs also goes to its own log

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from plasmad.core.errors import invalid
+
 # Generation (GEN-03)
 MAX_WIDTH: Final = 512
 MAX_HEIGHT: Final = 768
@@ -53,3 +55,49 @@ DATASET_MIN_IMAGES: Final = 15
 DATASET_MAX_UPSCALE: Final = 2.0
 REG_MIN_IMAGES: Final = 100
 REG_MAX_IMAGES: Final = 200
+
+
+# --- the checks every entry point runs (a 400 naming the field) -------------------------------------
+
+
+def check_batch_size(value: int, field: str = "batch_size") -> None:
+    if value != BATCH_SIZE:
+        raise invalid(
+            field,
+            f"{value} is not allowed: batch size {BATCH_SIZE} is the only safe value "
+            "on 16 GB of unified memory",
+        )
+
+
+def check_size(width: int, height: int, field: str = "resolution") -> None:
+    for name, value, most in (("width", width, MAX_WIDTH), ("height", height, MAX_HEIGHT)):
+        where = f"{field}.{name}" if field else name
+        if value > most:
+            raise invalid(
+                where,
+                f"{value} is over the hardware limit of {most} "
+                f"(max {MAX_WIDTH}x{MAX_HEIGHT} on an M1 Pro 16 GB)",
+            )
+        if value < MIN_SIZE:
+            raise invalid(where, f"{value} is under the minimum of {MIN_SIZE}")
+        if value % SIZE_MULTIPLE:
+            raise invalid(where, f"{value} is not a multiple of {SIZE_MULTIPLE}")
+
+
+def check_controlnet_strength(value: float, field: str = "controlnetStrength") -> None:
+    lo, hi = CONTROLNET_STRENGTH_MIN, CONTROLNET_STRENGTH_MAX
+    if not lo <= value <= hi:
+        raise invalid(field, f"{value} is outside {lo}-{hi}")
+
+
+def check_train_resolution(value: int, field: str = "resolution") -> None:
+    if value > TRAIN_MAX_RESOLUTION:
+        raise invalid(
+            field,
+            f"{value} is over the training limit of {TRAIN_MAX_RESOLUTION} "
+            "(SD 1.5 LoRA training at batch size 1 on an M1 Pro 16 GB)",
+        )
+    if value < MIN_SIZE:
+        raise invalid(field, f"{value} is under the minimum of {MIN_SIZE}")
+    if value % SIZE_MULTIPLE:
+        raise invalid(field, f"{value} is not a multiple of {SIZE_MULTIPLE}")

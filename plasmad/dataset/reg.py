@@ -6,15 +6,13 @@ items, which items are still missing, and storing a generated image with its cap
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
-
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.fsutil import create_new, same_content
+from plasmad.core.images import check_generated
 from plasmad.core.limits import MAX_SEED, REG_MAX_IMAGES, REG_MIN_IMAGES
 from plasmad.dataset.captions import _TRIGGER_RE
 from plasmad.dataset.layout import CAPTION_EXT, IMAGE_EXT, repeats_dir_name
@@ -102,17 +100,7 @@ def missing_reg_items(reg_folder: Path, count: int, base_seed: int = REG_BASE_SE
 def save_reg_image(item: RegItem, png_bytes: bytes) -> Literal["written", "kept"]:
     """Store one generated reg image and its caption. The caption goes first: the image's presence
     marks the item done, so a crash between the two is redone, never left uncaptioned."""
-    try:
-        with Image.open(io.BytesIO(png_bytes)) as im:
-            im.load()
-            extrema = im.convert("L").getextrema()
-    except (OSError, SyntaxError, ValueError) as exc:
-        message = f"reg image {item.index}: not an image ({exc})"
-        raise PlasmaError(ErrorCode.COMFYUI_REJECTED, message) from None
-    if extrema == (0, 0):
-        # NaNs in fp16 on Apple GPUs decode to an all-black image with no error: never keep one.
-        message = f"reg image {item.index} (seed {item.seed}) is all black: NaN in fp16?"
-        raise PlasmaError(ErrorCode.COMFYUI_REJECTED, message)
+    check_generated(png_bytes, f"reg image {item.index} (seed {item.seed})")
     item.image_path.parent.mkdir(parents=True, exist_ok=True)
     caption = (item.caption + "\n").encode()
     if not create_new(item.caption_path, caption) and not same_content(item.caption_path, caption):

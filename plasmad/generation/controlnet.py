@@ -125,18 +125,19 @@ def stage_images(plan: ControlNetPlan, comfyui_dir: Path) -> None:
 
 
 def job_state(plan: ControlNetPlan, template: Template, graph: dict[str, Any]) -> dict[str, Any]:
-    """What the job keeps for its generation log entry, read from the graph that will be sent."""
+    """The job's `GenerationState` fields for its generation log entry, read from the graph that
+    will be sent."""
 
     def sent(slot: str) -> Any:
         node_id, input_name = template.slots[slot][0]
         return graph[node_id]["inputs"][input_name]
 
     return {
-        "controlnetStrength": sent("controlnet_strength"),
+        "controlnet_strength": sent("controlnet_strength"),
         # VAEEncode crops to a multiple of 8: that is the size of the image that comes back.
         "width": plan.init.width // 8 * 8,
         "height": plan.init.height // 8 * 8,
-        "logExtra": {
+        "log_extra": {
             "controlnetModel": plan.model,
             "poseImage": plan.pose.path,
             "poseImageHash": plan.pose.sha256,

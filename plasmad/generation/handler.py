@@ -1,10 +1,10 @@
-"""Running one generation job: fill the template, run it in ComfyUI, write the files.
+"""Running one generation job (the worker side): run its graph in ComfyUI, write the files.
 
 Where files go: with chapter + page, the pipeline's files (`pipeline_files`); with a `destination`
-in the job's result, that file (`dataset_service`: reg images); otherwise the state dir's
-`images/<job id>.png` with the workflow beside it. The job records the ComfyUI prompt_id
-before the graph is posted and the reserved page name before anything is written, so a restart
-finds a job's prompt in ComfyUI again and never writes a page twice.
+in the job's state, that file (a reg image); otherwise the state dir's `images/<job id>.png`
+with the workflow beside it. The job records the ComfyUI prompt_id before the graph is posted
+and the reserved page name before anything is written, so a restart finds a job's prompt in
+ComfyUI again and never writes a page twice.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ import asyncio
 import json
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
-from plasmad.comfy.client import ComfyClient, ImageRef
-from plasmad.core.config import Config
+from plasmad.comfy.client import ImageRef
+from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.core.fsutil import create_new, same_content
+from plasmad.core.images import check_generated
 from plasmad.core.job_queue import RunContext
+from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import JobStatus
-from plasmad.core.store import Job, JobStore, now
-from plasmad.dataset.ops import write_destination
+from plasmad.core.store import Job, now
+from plasmad.core.wire import GenerateRequest
 from plasmad.generation import pipeline_files
 from plasmad.generation.timing import StepTimer
 
@@ -30,15 +33,19 @@ log = logging.getLogger(__name__)
 
 
 class GenerationHandler:
-    def __init__(self, cfg: Config, store: JobStore, comfy: ComfyClient) -> None:
-        self._cfg = cfg
-        self._store = store
-        self._comfy = comfy
+    def __init__(self, core: Core) -> None:
+        self._core = core
 
     async def run(self, ctx: RunContext) -> dict[str, object]:
+        if self._core.process is None:
+            return await self._run(ctx)
+        # A managed ComfyUI that dies meanwhile fails the job at once, with the reason.
+        return await self._core.process.guard(self._run(ctx))
+
+    async def _run(self, ctx: RunContext) -> dict[str, object]:
         job = ctx.job
-        state: dict[str, Any] = dict(job.result or {})
-        graph: dict[str, Any] = state["graph"]
+        state = GenerationState.model_validate(job.result)
+        comfy, timeout = self._core.comfy, self._core.cfg.job_timeout_s
         images: list[ImageRef] | None = None
         if job.prompt_id:
             images = await self._find_again(job.prompt_id, ctx)
@@ -47,79 +54,60 @@ class GenerationHandler:
                 raise PlasmaError(ErrorCode.CONFLICT, "cancelled before it reached ComfyUI")
             prompt_id = str(uuid.uuid4())
             # Stored before POST /prompt: after a crash this id finds the prompt in ComfyUI again.
-            await self._store.update(job.id, prompt_id=prompt_id)
+            await self._core.store.update(job.id, prompt_id=prompt_id)
             ctx.job.prompt_id = prompt_id
-            timer = StepTimer(ctx.report)  # the benchmark (INFRA-04) reads state["timing"]
+            timer = StepTimer(ctx.report)  # the benchmark (INFRA-04) reads state.timing
             log.info("job %s: sending prompt %s to ComfyUI", job.id, prompt_id)
-            images = await self._comfy.run(graph, prompt_id, timer.report, self._cfg.job_timeout_s,
-                                           cancelled=ctx.cancelled)
+            images = await comfy.run(state.graph, prompt_id, timer.report, timeout, cancelled=ctx.cancelled)
             timer.stop()
-            state["timing"] = timer.summary()
+            state.timing = timer.summary()
             log.info("job %s: ComfyUI ran prompt %s: %s", job.id, prompt_id, timer.describe())
-        png = await self._comfy.view(images[0])
-        outputs = await self._save(job, state, graph, png)
+        png = await comfy.view(images[0])
+        outputs = await self._save(job, state, png)
         log.info("job %s: wrote %s", job.id, ", ".join(outputs))
-        state.update(outputs=outputs, comfyImage=images[0].filename)
-        return state
+        state.outputs, state.comfy_image = outputs, images[0].filename
+        return state.dump()
 
     async def _find_again(self, prompt_id: str, ctx: RunContext) -> list[ImageRef] | None:
         """After a restart: the prompt's images if ComfyUI has them (or will), None to run it anew."""
+        comfy = self._core.comfy
         try:
-            if await self._comfy.history(prompt_id) is not None or await self._comfy.in_queue(prompt_id):
+            if await comfy.history(prompt_id) is not None or await comfy.in_queue(prompt_id):
                 log.info("job %s: found prompt %s in ComfyUI again", ctx.job.id, prompt_id)
-                return await self._comfy.wait(prompt_id, ctx.report, self._cfg.job_timeout_s)
+                return await comfy.wait(prompt_id, ctx.report, self._core.cfg.job_timeout_s)
         except PlasmaError as exc:
             if exc.code != ErrorCode.COMFYUI_REJECTED:
                 raise
             log.info("job %s: the earlier attempt failed in ComfyUI (%s); running it again", ctx.job.id, exc)
         return None
 
-    async def _save(self, job: Job, state: dict[str, Any], graph: dict[str, Any], png: bytes) -> list[str]:
-        req = job.request
-        sent = graph  # exactly what ComfyUI got
-        if "destination" in state:
+    async def _save(self, job: Job, state: GenerationState, png: bytes) -> list[str]:
+        req = GenerateRequest.model_validate(job.request)
+        if state.destination is not None:
             # A file named when the job was queued (a reg image): created there, never replaced.
-            return [str(await asyncio.to_thread(write_destination, state["destination"], png))]
-        if req.get("chapter") is None:
-            folder = self._cfg.state_dir / "images"
-            image, workflow = folder / f"{job.id}.png", folder / f"{job.id}.workflow.json"
-
-            def write() -> None:
-                for path, data in ((image, png), (workflow, json.dumps(sent, indent=2).encode())):
-                    if not (create_new(path, data) or same_content(path, data)):
-                        raise PlasmaError(ErrorCode.CONFLICT, f"{path} exists with other content")
-
-            await asyncio.to_thread(write)
+            return [str(await asyncio.to_thread(write_destination, state.destination, png))]
+        if req.chapter is None or req.page is None:
+            folder = self._core.cfg.state_dir / "images"
+            image = folder / f"{job.id}.png"
+            await asyncio.to_thread(write_beside, image, png, state.graph)
             return [str(image)]
-        pipeline = self._cfg.require_pipeline_dir()
-        chapter, page = int(req["chapter"]), int(req["page"])
-        reserved: str = state.get("reserved") or ""
-        if not reserved:
-            reserved = await asyncio.to_thread(pipeline_files.next_free_stem, pipeline, chapter, page)
-            state["reserved"] = reserved
-            await self._store.update(job.id, result=state)  # a retry reuses this name, never a second one
-        entry = {
-            "promptFile": req.get("promptFile"),
-            "promptHash": pipeline_files.prompt_hash(req["prompt"], req.get("negativePrompt", "")),
-            "model": req["checkpoint"],
-            "timestamp": now(),
-            "approved": False,
-            "generationBackend": "comfyui",
-            "seed": req["seed"],
-            "sampler": req["sampler"],
-            "scheduler": req["scheduler"],
-            "steps": req["steps"],
-            "cfg": req["cfg"],
-            "loraId": req.get("loraId"),
-            "loraStrength": req.get("loraStrength") if req.get("loraId") else None,
-            "controlnetStrength": state.get("controlnetStrength"),
-            "workflowTemplate": f"{state['template']}.json",
-            "width": state.get("width"),
-            "height": state.get("height"),
-            **state.get("logExtra", {}),
-        }
+        pipeline = self._core.cfg.require_pipeline_dir()
+        if not state.reserved:
+            state.reserved = await asyncio.to_thread(
+                pipeline_files.next_free_stem, pipeline, req.chapter, req.page
+            )
+            # A retry reuses this name, never a second one.
+            await self._core.store.update(job.id, result=state.dump())
         saved = await asyncio.to_thread(
-            pipeline_files.save_page, pipeline, chapter, page, reserved, png, sent, entry, job.id
+            pipeline_files.save_page,
+            pipeline,
+            req.chapter,
+            req.page,
+            state.reserved,
+            png,
+            state.graph,  # exactly what ComfyUI got
+            log_entry(req, state),
+            job.id,
         )
         return [str(saved.image)]
 
@@ -128,9 +116,63 @@ class GenerationHandler:
             return  # leave the prompt running in ComfyUI: the next start finds it by its prompt_id
         if ctx.job.prompt_id:
             try:
-                await self._comfy.interrupt(ctx.job.prompt_id)
+                await self._core.comfy.interrupt(ctx.job.prompt_id)
             except PlasmaError as exc:
                 log.warning("could not interrupt prompt %s: %s", ctx.job.prompt_id, exc)
 
     async def recover(self, job: Job) -> JobStatus:
         return JobStatus.QUEUED  # run() looks for its prompt_id in ComfyUI before posting again
+
+
+def log_entry(req: GenerateRequest, state: GenerationState) -> dict[str, Any]:
+    """The page's generation-log entry (PIPE-04), less what `save_page` adds (file names, version)."""
+    return {
+        "promptFile": req.prompt_file,
+        "promptHash": pipeline_files.prompt_hash(req.prompt, req.negative_prompt),
+        "model": req.checkpoint,
+        "timestamp": now(),
+        "approved": False,
+        "generationBackend": "comfyui",
+        "seed": req.seed,
+        "sampler": req.sampler,
+        "scheduler": req.scheduler,
+        "steps": req.steps,
+        "cfg": req.cfg,
+        "loraId": req.lora_id,
+        "loraStrength": req.lora_strength if req.lora_id else None,
+        "controlnetStrength": state.controlnet_strength,
+        "workflowTemplate": f"{state.template}.json",
+        "width": state.width,
+        "height": state.height,
+        **state.log_extra,
+    }
+
+
+def write_beside(image: Path, png: bytes, graph: dict[str, Any]) -> None:
+    """An image without a page, and its workflow beside it (blocking)."""
+    workflow = image.with_name(f"{image.stem}.workflow.json")
+    for path, data in ((image, png), (workflow, json.dumps(graph, indent=2).encode())):
+        if not (create_new(path, data) or same_content(path, data)):
+            raise PlasmaError(ErrorCode.CONFLICT, f"{path} exists with other content")
+
+
+def write_destination(dest: Destination, png: bytes) -> Path:
+    """Write a generated image where its job was queued for (blocking).
+
+    The caption first, then the image, each created only where nothing is (fsutil.create_new): the
+    image's presence is what marks the item done. A file found there with the same bytes is a
+    retry after a restart and is fine; anything else stays as it is and fails the job.
+    """
+    image = Path(dest.image)
+    check_generated(png, image.name)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    if dest.caption is not None:
+        caption = Path(dest.caption)
+        text = ((dest.caption_text or "") + "\n").encode()
+        if not create_new(caption, text) and not same_content(caption, text):
+            raise PlasmaError(
+                ErrorCode.CONFLICT, f"{caption} exists with another caption; remove it to regenerate"
+            )
+    if not create_new(image, png) and not same_content(image, png):
+        raise PlasmaError(ErrorCode.CONFLICT, f"{image} appeared meanwhile with other content; left as it is")
+    return image

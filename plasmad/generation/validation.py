@@ -9,13 +9,11 @@ from the safetensors header). Every refusal is a PlasmaError INVALID_INPUT namin
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plasmad import dataset
 from plasmad.comfy import inputs as comfy_inputs
 from plasmad.comfy import modelfiles
 from plasmad.comfy.client import ComfyClient
@@ -23,40 +21,11 @@ from plasmad.comfy.inputs import SourceImage
 from plasmad.comfy.templates import TXT2IMG_BASE, TXT2IMG_LORA
 from plasmad.core import limits
 from plasmad.core.config import Config
-from plasmad.core.errors import PlasmaError, invalid, not_configured
-from plasmad.core.wire import GenerateRequest, TrainRequest
+from plasmad.core.errors import invalid
+from plasmad.core.limits import check_batch_size, check_controlnet_strength, check_size
+from plasmad.core.wire import GenerateRequest
 from plasmad.generation import controlnet
 from plasmad.generation.controlnet import ControlNetPlan
-
-
-def check_batch_size(value: int, field: str = "batch_size") -> None:
-    if value != limits.BATCH_SIZE:
-        raise invalid(
-            field,
-            f"{value} is not allowed: batch size {limits.BATCH_SIZE} is the only safe value "
-            "on 16 GB of unified memory",
-        )
-
-
-def check_size(width: int, height: int, field: str = "resolution") -> None:
-    for name, value, most in (("width", width, limits.MAX_WIDTH), ("height", height, limits.MAX_HEIGHT)):
-        where = f"{field}.{name}" if field else name
-        if value > most:
-            raise invalid(
-                where,
-                f"{value} is over the hardware limit of {most} "
-                f"(max {limits.MAX_WIDTH}x{limits.MAX_HEIGHT} on an M1 Pro 16 GB)",
-            )
-        if value < limits.MIN_SIZE:
-            raise invalid(where, f"{value} is under the minimum of {limits.MIN_SIZE}")
-        if value % limits.SIZE_MULTIPLE:
-            raise invalid(where, f"{value} is not a multiple of {limits.SIZE_MULTIPLE}")
-
-
-def check_controlnet_strength(value: float, field: str = "controlnetStrength") -> None:
-    lo, hi = limits.CONTROLNET_STRENGTH_MIN, limits.CONTROLNET_STRENGTH_MAX
-    if not lo <= value <= hi:
-        raise invalid(field, f"{value} is outside {lo}-{hi}")
 
 
 @dataclass(frozen=True)
@@ -198,104 +167,3 @@ def check_image_size(image: SourceImage, field: str) -> None:
             raise invalid(
                 field, f"{what} is {image.width}x{image.height}: its {name} is under {limits.MIN_SIZE}"
             )
-
-
-# --- training (LORA-01, GEN-06) ------------------------------------------------------------------
-
-# It becomes file names (`<name>.safetensors`, `<name>-step00000200.safetensors`) in the artist's
-# loras folder: no separators, no leading dot, nothing a shell or ComfyUI's list would mangle.
-_OUTPUT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def check_output_name(name: str, field: str = "outputName") -> None:
-    if name.lower().endswith(".safetensors"):
-        raise invalid(field, f"{name!r}: give the name without .safetensors")
-    if not _OUTPUT_NAME_RE.fullmatch(name) or name.endswith("."):
-        raise invalid(
-            field, f"{name!r} must be letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-
-
-def check_train_resolution(value: int, field: str = "resolution") -> None:
-    if value > limits.TRAIN_MAX_RESOLUTION:
-        raise invalid(
-            field,
-            f"{value} is over the training limit of {limits.TRAIN_MAX_RESOLUTION} "
-            "(SD 1.5 LoRA training at batch size 1 on an M1 Pro 16 GB)",
-        )
-    if value < limits.MIN_SIZE:
-        raise invalid(field, f"{value} is under the minimum of {limits.MIN_SIZE}")
-    if value % limits.SIZE_MULTIPLE:
-        raise invalid(field, f"{value} is not a multiple of {limits.SIZE_MULTIPLE}")
-
-
-def _absolute(text: str, field: str) -> Path:
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        # The daemon's working folder means nothing to the caller (plasmactl resolves its paths).
-        raise invalid(field, f"{text!r} must be an absolute path")
-    return path
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """A validated training: absolute paths, the base checkpoint, and what the checks warned about."""
-
-    dataset_dir: Path
-    image_dir: Path  #: the <repeats>_<trigger> folder inside it
-    reg_dir: Path | None  #: kohya's --reg_data_dir, when there is a regularisation set
-    checkpoint: str  #: a file in COMFYUI_DIR/models/checkpoints: the one generation uses
-    checkpoint_path: Path
-    images: int  #: originals and mirrored copies
-    warnings: list[str]
-    request: dict[str, Any]  #: the wire request, paths absolute
-
-
-async def validate_train(req: TrainRequest, cfg: Config) -> TrainPlan:
-    """The hardware limits first (cheap, and GEN-06 wants them refused at the API), then the dataset
-    gate and the base checkpoint. Which trainer runs it is checked by plasmad.training.service."""
-    check_batch_size(req.batch_size)
-    check_train_resolution(req.resolution)
-    check_output_name(req.output_name)
-    dataset_dir = _absolute(req.dataset_dir, "datasetDir")
-    reg = _absolute(req.reg_dataset_dir, "regDatasetDir") if req.reg_dataset_dir else None
-    report = await asyncio.to_thread(
-        dataset.require_dataset,
-        dataset_dir,
-        cfg.trigger_word,
-        reg_data_dir=reg,
-        reg_required=True if reg is not None else None,
-        field_name="datasetDir",
-    )
-    assert report.image_dir is not None  # the gate passed
-    warnings = [f"dataset: {w}" for w in report.warnings]
-    if req.save_every_steps >= req.steps:
-        warnings.append(
-            f"saveEverySteps {req.save_every_steps} >= steps {req.steps}: only the final LoRA is saved, "
-            "so there are no checkpoints to compare (LORA-02)"
-        )
-    if not cfg.checkpoint:
-        raise not_configured(
-            "PLASMA_CHECKPOINT", "training starts from the SD 1.5 checkpoint generation uses"
-        )
-    folder = cfg.require_comfyui_dir() / "models" / "checkpoints"
-    try:
-        info = await asyncio.to_thread(
-            modelfiles.check_model, folder, cfg.checkpoint, "PLASMA_CHECKPOINT", "checkpoint"
-        )
-    except PlasmaError as exc:
-        raise not_configured("PLASMA_CHECKPOINT", exc.message) from None
-    request = req.model_dump(mode="json", by_alias=True)
-    reg_dir = report.reg_root if report.reg_required else None
-    request.update(datasetDir=str(dataset_dir), regDatasetDir=str(reg_dir) if reg_dir else None)
-    return TrainPlan(
-        dataset_dir=dataset_dir,
-        image_dir=report.image_dir,
-        reg_dir=reg_dir,
-        checkpoint=cfg.checkpoint,
-        checkpoint_path=info.path,
-        images=report.images,
-        warnings=warnings,
-        request=request,
-    )
-

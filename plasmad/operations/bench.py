@@ -26,16 +26,15 @@ import platform
 import secrets
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from plasmad import __version__
+from plasmad.context import Core
 from plasmad.core.errors import PlasmaError, not_found
+from plasmad.core.jobs import GenerationState
 from plasmad.core.states import FINISHED_STATES, JobStatus
 from plasmad.core.store import Job, now
-from plasmad.core.wire import BenchRequest, BenchResultsParams, parse
-
-if TYPE_CHECKING:
-    from plasmad.api.service import Service
+from plasmad.core.wire import BenchRequest, BenchResultsParams, GenerateRequest, parse
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +92,9 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 class Bench:
-    def __init__(self, service: Service) -> None:
-        self._service = service
-        self.path = service.cfg.state_dir / FILE_NAME
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self.path = core.cfg.state_dir / FILE_NAME
         self.last: dict[str, Any] | None = None  #: the newest result, for /health
         self._running: dict[str, dict[str, Any]] = {}  #: id -> its `started` record
         self._watchers: set[asyncio.Task[None]] = set()
@@ -115,8 +114,8 @@ class Bench:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
 
-    async def start(self, body: Any) -> dict[str, Any]:
-        """Queue a benchmark; returns its id and job at once (the result is recorded when it ends)."""
+    async def start(self, body: Any) -> tuple[dict[str, Any], Job]:
+        """Queue a benchmark; returns its record and job at once (the result is recorded when it ends)."""
         params = parse(BenchRequest, body or {})
         width, height, steps = params.resolution.width, params.resolution.height, params.steps
         request: dict[str, Any] = {
@@ -132,19 +131,19 @@ class Bench:
         }
         if params.checkpoint is not None:
             request["checkpoint"] = params.checkpoint
-        job = await self._service.submit(request)
+        job = await self._core.submit_generation(parse(GenerateRequest, request))
         record = {
             "event": "started",
             "id": f"b_{secrets.token_hex(6)}",
-            "jobId": job["id"],
+            "jobId": job.id,
             "queuedAt": now(),
             "width": width,
             "height": height,
             "steps": steps,
             "sampler": SAMPLER,
             "scheduler": SCHEDULER,
-            "checkpoint": job["request"].get("checkpoint"),
-            "seed": job.get("seed"),
+            "checkpoint": job.request.get("checkpoint"),
+            "seed": job.request.get("seed"),
             "barSeconds": BAR_SECONDS,
             "barApplies": bar_applies(width, height, steps),
             "note": bar_note(width, height, steps),
@@ -152,9 +151,9 @@ class Bench:
         await asyncio.to_thread(_append, self.path, record)
         self._watch(record)
         log.info(
-            "benchmark %s queued as job %s (%dx%d, %d steps)", record["id"], job["id"], width, height, steps
+            "benchmark %s queued as job %s (%dx%d, %d steps)", record["id"], job.id, width, height, steps
         )
-        return {**record, "status": "queued", "job": job}
+        return record, job
 
     def _watch(self, started: dict[str, Any]) -> None:
         self._running[started["id"]] = started
@@ -163,7 +162,7 @@ class Bench:
         task.add_done_callback(self._watchers.discard)
 
     async def _finish(self, started: dict[str, Any]) -> None:
-        store = self._service.store
+        store = self._core.store
         while True:
             job = await store.get(started["jobId"])
             if job is None or job.status in FINISHED_STATES:
@@ -187,7 +186,8 @@ class Bench:
         record = {**started, "event": "result", "at": now()}
         status = job.status.value if job is not None else "failed"
         seconds = _seconds_between(job.started_at, job.finished_at) if job is not None else None
-        timing = ((job.result or {}).get("timing") or {}) if job is not None else {}
+        state = GenerationState.model_validate(job.result) if job is not None else None
+        timing = (state.timing or {}) if state is not None else {}
         it_per_sec = timing.get("itPerSec")
         if it_per_sec is None and seconds and status == JobStatus.SUCCEEDED.value:
             it_per_sec = round(started["steps"] / seconds, 3)  # no progress events: the whole run
@@ -199,7 +199,7 @@ class Bench:
             comfyuiSeconds=timing.get("seconds"),
             itPerSec=it_per_sec if ok else None,
             passed=(seconds < BAR_SECONDS) if ok and started["barApplies"] and seconds is not None else None,
-            outputs=job.result.get("outputs", []) if job is not None and job.result else [],
+            outputs=state.outputs if state is not None else [],
             **await self._environment(),
         )
         if status != JobStatus.SUCCEEDED.value and started["barApplies"]:
@@ -207,7 +207,7 @@ class Bench:
         return record
 
     async def _environment(self) -> dict[str, Any]:
-        cfg = self._service.cfg
+        cfg = self._core.cfg
         env: dict[str, Any] = {
             "versions": {"plasmad": __version__, "python": platform.python_version()},
             "host": {
@@ -220,7 +220,7 @@ class Bench:
             "comfyuiArgs": None,
         }
         try:
-            stats = await self._service.comfy.system_stats()
+            stats = await self._core.comfy.system_stats()
         except PlasmaError as exc:
             env["comfyuiError"] = exc.message
             return env

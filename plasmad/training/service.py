@@ -28,18 +28,21 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from plasmad.comfy import modelfiles
 from plasmad.comfy.client import ComfyClient
+from plasmad.context import Core
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.core.fsutil import copy_new, same_file_content
 from plasmad.core.job_queue import RunContext
+from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import ACTIVE_STATES, FINISHED_STATES, JobKind, JobStatus
-from plasmad.core.store import Job, JobStore, now
+from plasmad.core.store import Job, now
 from plasmad.core.wire import (
     CheckpointView,
+    GenerateRequest,
     PromoteRequest,
     TrainingView,
     TrainRequest,
@@ -47,14 +50,11 @@ from plasmad.core.wire import (
     dump,
     parse,
 )
-from plasmad.generation.validation import check_output_name, validate_train
 from plasmad.training import kohya, sample_sheet
 from plasmad.training.backend import Outcome, TrainerBackend, TrainEvents, TrainProgress, TrainSpec
 from plasmad.training.comfy_trainer import ComfyTrainer
 from plasmad.training.kohya_backend import KohyaTrainer
-
-if TYPE_CHECKING:
-    from plasmad.api.service import Service
+from plasmad.training.validation import check_output_name, validate_train
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,10 @@ def _interrupted_reason(state: dict[str, Any], checkpoints: list[dict[str, Any]]
 class TrainingHandler:
     """Runs a TRAIN job under the GPU lock the queue holds for it."""
 
-    def __init__(self, cfg: Config, store: JobStore, comfy: ComfyClient) -> None:
-        self._cfg = cfg
-        self._store = store
-        self._comfy = comfy
+    def __init__(self, core: Core) -> None:
+        self._cfg = core.cfg
+        self._store = core.store
+        self._comfy = core.comfy
         self._stops: dict[str, asyncio.Event] = {}
 
     def backend(self, name: str) -> TrainerBackend:
@@ -327,20 +327,17 @@ async def _interrupt(
 # The operations
 
 
-class TrainingService:
+class TrainingOps:
     """train / status / list / cancel / samples / promote, for both APIs."""
 
-    def __init__(self, service: Service) -> None:
-        self._svc = service
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._cfg = core.cfg
         self._lock = asyncio.Lock()  # the 409 check and the insert are one step
-
-    @property
-    def _cfg(self) -> Config:
-        return self._svc.cfg
 
     async def train(self, body: Any) -> dict[str, Any]:
         """Validate, preflight, and queue a training; 409 while another is queued or running."""
-        self._svc._check_accepting()
+        self._core.check_accepting()
         req = parse(TrainRequest, body)
         plan = await validate_train(req, self._cfg)
         await self._refuse_second()
@@ -361,7 +358,7 @@ class TrainingService:
         }
         job = Job(id=job_id, kind=JobKind.TRAIN, status=JobStatus.QUEUED, request=plan.request, result=state)
         spec = spec_of(job)
-        prepared = await make_backend(name, self._cfg, self._svc.comfy).prepare(spec)
+        prepared = await make_backend(name, self._cfg, self._core.comfy).prepare(spec)
         state["settings"] = prepared.settings
         state["warnings"] += prepared.warnings
         target = self._cfg.require_comfyui_dir() / "models" / "loras" / f"{req.output_name}.safetensors"
@@ -371,15 +368,15 @@ class TrainingService:
             )
         async with self._lock:
             await self._refuse_second()
-            await self._svc.store.add(job)
-        self._svc.queue.notify()
+            await self._core.store.add(job)
+        self._core.queue.notify()
         log.info("training %s queued (%s, %d steps, %s)", job.id, name, req.steps, plan.dataset_dir)
         for warning in state["warnings"]:
             log.warning("training %s: %s", job.id, warning)
         return await self.view(job)
 
     async def _refuse_second(self) -> None:
-        active = await self._svc.store.in_states(JobKind.TRAIN, ACTIVE_STATES)
+        active = await self._core.store.in_states(JobKind.TRAIN, ACTIVE_STATES)
         if active:
             other = active[0]
             raise PlasmaError(
@@ -391,13 +388,8 @@ class TrainingService:
     async def _training(self, training_id: Any) -> Job:
         if not isinstance(training_id, str) or not training_id:
             raise invalid("id", "must be a training id")
-        current = self._svc.queue.current
-        if current is not None and current.id == training_id:
-            return current  # the live one: its result holds loss, speed and time left
-        job = await self._svc.store.get(training_id)
-        if job is None or job.kind != JobKind.TRAIN:
-            raise not_found(f"training {training_id}")
-        return job
+        # The running one is the queue's live object: its state holds loss, speed and time left.
+        return await self._core.job(training_id, JobKind.TRAIN)
 
     async def status(self, training_id: Any) -> dict[str, Any]:
         return await self.view(await self._training(training_id))
@@ -407,11 +399,11 @@ class TrainingService:
         spec = spec_of(job)
         checkpoints = await asyncio.to_thread(scan_checkpoints, spec)
         lines = await asyncio.to_thread(read_tail, spec.log_path, tail) if tail else []
-        live = self._svc.queue.live_progress(job.id)
+        live = self._core.queue.live_progress(job.id)
         step = live[0] if live else (job.step or state.get("step") or 0)
         waiting_for = None
         if job.status == JobStatus.QUEUED:
-            waiting_for = (await self._svc.view(job)).get("waitingFor")
+            waiting_for = await self._core.waiting_for(job)
         outcome = state.get("outcome")
         running = job.status == JobStatus.RUNNING
         return dump(
@@ -445,8 +437,8 @@ class TrainingService:
 
     async def list_trainings(self, body: Any = None) -> dict[str, Any]:
         """The trainings, newest first, and the LoRAs ComfyUI can load."""
-        jobs = await self._svc.store.recent(kind=JobKind.TRAIN, limit=50)
-        current = self._svc.queue.current
+        jobs = await self._core.store.recent(kind=JobKind.TRAIN, limit=50)
+        current = self._core.queue.current
         trainings = [
             await self.view(current if current is not None and current.id == j.id else j, tail=0)
             for j in jobs
@@ -456,8 +448,8 @@ class TrainingService:
         listed: list[str] | None = None
         error = None
         try:
-            self._svc.comfy.forget_object_info()  # a promoted file must show up now, not at a restart
-            listed = await self._svc.comfy.input_choices("LoraLoader", "lora_name")
+            self._core.comfy.forget_object_info()  # a promoted file must show up now, not at a restart
+            listed = await self._core.comfy.input_choices("LoraLoader", "lora_name")
         except PlasmaError as exc:
             error = exc.message
         own = (f"{SAMPLES_LORA_FOLDER}/", "plasma-train/")
@@ -476,14 +468,14 @@ class TrainingService:
 
     async def cancel(self, training_id: Any) -> dict[str, Any]:
         job = await self._training(training_id)
-        await self._svc.queue.cancel(job)
+        await self._core.queue.cancel(job)
         return await self.view(await self._training(training_id))
 
     # --- choosing the checkpoint (LORA-02/03) ------------------------------------------------------
 
     async def samples(self, training_id: Any, body: Any = None) -> dict[str, Any]:
         """Queue the same prompts with the same seeds for every checkpoint (and the base, if asked)."""
-        self._svc._check_accepting()
+        self._core.check_accepting()
         job = await self._training(training_id)
         if job.status not in FINISHED_STATES:
             raise PlasmaError(
@@ -543,29 +535,23 @@ class TrainingService:
             rows.append(
                 {"label": label, "step": c["step"], "loraId": f"{SAMPLES_LORA_FOLDER}/{job.id}/{c['file']}"}
             )
-        queued: list[str] = []
-        try:
-            for row in rows:
-                row["jobs"] = []
-                for j, prompt in enumerate(prompts):
-                    request: dict[str, Any] = {
-                        "prompt": prompt,
-                        "negativePrompt": req.negative_prompt,
-                        "seed": req.seed + j,
-                        "steps": req.steps,
-                        "resolution": req.resolution.model_dump(),
-                    }
-                    if row["loraId"]:
-                        request.update(loraId=row["loraId"], loraStrength=req.lora_strength)
-                    sample = await self._svc.submit(request)
-                    queued.append(sample["id"])
-                    row["jobs"].append(sample["id"])
-        except BaseException:
-            for queued_id in queued:  # all or nothing: no half set left in the queue
-                queued_job = await self._svc.store.get(queued_id)
-                if queued_job is not None and queued_job.status == JobStatus.QUEUED:
-                    await self._svc.queue.cancel(queued_job)
-            raise
+        requests: list[tuple[GenerateRequest, Destination | None]] = []
+        for row in rows:
+            for j, prompt in enumerate(prompts):
+                request: dict[str, Any] = {
+                    "prompt": prompt,
+                    "negativePrompt": req.negative_prompt,
+                    "seed": req.seed + j,
+                    "steps": req.steps,
+                    "resolution": req.resolution.model_dump(),
+                }
+                if row["loraId"]:
+                    request.update(loraId=row["loraId"], loraStrength=req.lora_strength)
+                requests.append((parse(GenerateRequest, request), None))
+        # All or nothing: no half set left in the queue.
+        queued = [job.id for job in await self._core.submit_generations(requests)]
+        for i, row in enumerate(rows):
+            row["jobs"] = queued[i * len(prompts) : (i + 1) * len(prompts)]
         samples = {
             "set": set_id,
             "prompts": prompts,
@@ -576,7 +562,7 @@ class TrainingService:
             "createdAt": now(),
         }
         state["samples"] = samples
-        await self._svc.store.update(job.id, result=state)
+        await self._core.store.update(job.id, result=state)
         log.info("training %s: %d sample jobs queued (set %s)", job.id, len(queued), set_id)
         return samples
 
@@ -592,7 +578,7 @@ class TrainingService:
         jobs: dict[str, Job | None] = {}
         for row in samples["rows"]:
             for job_id in row["jobs"]:
-                jobs[job_id] = await self._svc.store.get(job_id)
+                jobs[job_id] = await self._core.store.get(job_id)
         ended = [j for j in jobs.values() if j is not None and j.status in FINISHED_STATES]
         failed = [j for j in ended if j.status != JobStatus.SUCCEEDED]
         active = len(jobs) - len(ended)
@@ -620,7 +606,7 @@ class TrainingService:
         }
 
     async def _draw_sheet(self, training_id: str, jobs: dict[str, Job | None]) -> dict[str, Any]:
-        job = await self._svc.store.get(training_id)
+        job = await self._core.store.get(training_id)
         assert job is not None
         samples = dict((job.result or {})["samples"])
         if samples.get("sheet"):
@@ -630,9 +616,11 @@ class TrainingService:
             line: list[Path | None] = []
             for job_id in row["jobs"]:
                 sample = jobs.get(job_id)
-                outputs = (sample.result or {}).get("outputs") if sample is not None else None
-                ok = sample is not None and sample.status == JobStatus.SUCCEEDED and outputs
-                line.append(Path(outputs[0]) if ok and outputs else None)
+                if sample is not None and sample.status == JobStatus.SUCCEEDED:
+                    outputs = GenerationState.model_validate(sample.result).outputs
+                    line.append(Path(outputs[0]) if outputs else None)
+                else:
+                    line.append(None)
             cells.append(line)
         out = training_dir(self._cfg, training_id) / SAMPLES_SUBDIR / f"sheet-{samples['set']}.png"
         columns = [
@@ -645,7 +633,7 @@ class TrainingService:
         state = dict(job.result or {})
         samples = {**samples, "sheet": str(out)}
         state["samples"] = samples
-        await self._svc.store.update(training_id, result=state)
+        await self._core.store.update(training_id, result=state)
         log.info("training %s: contact sheet %s", training_id, out)
         return samples
 
@@ -678,8 +666,8 @@ class TrainingService:
         listed: bool | None = None
         warning = None
         try:
-            self._svc.comfy.forget_object_info()  # ComfyUI's list is re-read, not our cached copy
-            listed = target.name in await self._svc.comfy.input_choices("LoraLoader", "lora_name")
+            self._core.comfy.forget_object_info()  # ComfyUI's list is re-read, not our cached copy
+            listed = target.name in await self._core.comfy.input_choices("LoraLoader", "lora_name")
             if not listed:
                 warning = f"ComfyUI does not list {target.name} yet; check its loras folder settings"
         except PlasmaError as exc:
@@ -699,7 +687,7 @@ class TrainingService:
             else:
                 state = dict(fresh.result or {})
                 state["promoted"] = [*state.get("promoted", []), record]
-                await self._svc.store.update(job.id, result=state)
+                await self._core.store.update(job.id, result=state)
         log.info("training %s: %s promoted to %s", job.id, chosen["file"], target)
         return {
             "training": job.id,

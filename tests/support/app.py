@@ -21,16 +21,15 @@ import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
 from plasmad.api.http import create_app
-from plasmad.api.service import Service
+from plasmad.api.service import Service, build_service
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.templates import TemplateSet
+from plasmad.context import Core
 from plasmad.core.config import BUNDLED_TEMPLATES, Config
 from plasmad.core.errors import ErrorCode
 from plasmad.core.gpu_lock import GpuLock
-from plasmad.core.job_queue import Handler, JobQueue
-from plasmad.core.states import JobKind
+from plasmad.core.job_queue import JobQueue
 from plasmad.core.store import JobStore
-from plasmad.generation.handler import GenerationHandler
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.support.modelfiles import CHECKPOINT_SD15, make_models_dir
 
@@ -79,6 +78,10 @@ class Stack:
     comfy: ComfyClient
     service: Service
 
+    @property
+    def core(self) -> Core:
+        return self.service.core
+
 
 @asynccontextmanager
 async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncIterator[Stack]:
@@ -89,14 +92,12 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
     queue: JobQueue | None = None
     try:
         comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
-        gpu = GpuLock()
-        handlers: dict[JobKind, Handler] = {JobKind.GENERATE: GenerationHandler(cfg, store, comfy)}
-        queue = JobQueue(store, gpu, handlers)
-        service = Service(cfg, store, queue, gpu, comfy, TemplateSet(cfg.templates_dir))
+        service = build_service(cfg, store, comfy, TemplateSet(cfg.templates_dir))
+        queue = service.core.queue
         await queue.recover()
         if start_worker:
             queue.start()
-        yield Stack(cfg, store, queue, gpu, comfy, service)
+        yield Stack(cfg, store, queue, service.core.gpu, comfy, service)
     finally:
         if queue is not None:
             await queue.stop(0.2)  # a job still hanging in the fake is parked, as at a real stop

@@ -1,0 +1,105 @@
+"""`Core`: what every feature's operations and workers share, and nothing else.
+
+The settings, the job store, the queue and the GPU lock, the ComfyUI client (and the managed
+ComfyUI process, if plasmad runs it), the workflow templates, the gate that closes when the
+daemon stops, and the one way to queue a generation. Features take a `Core`, never each other:
+a training that samples its checkpoints, a regularisation set, a benchmark all queue their
+images through `submit_generation`, which the generation feature provides when the daemon is
+built (`plasmad.api.service.build_service`). So imports point down only: api -> features ->
+this -> comfy, core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.process import ManagedComfyUI
+from plasmad.comfy.templates import TemplateSet
+from plasmad.core.config import Config
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
+from plasmad.core.gpu_lock import GpuLock
+from plasmad.core.job_queue import JobQueue
+from plasmad.core.jobs import Destination
+from plasmad.core.states import JobKind, JobStatus
+from plasmad.core.store import Job, JobStore
+from plasmad.core.wire import GenerateRequest
+
+log = logging.getLogger(__name__)
+
+#: Validates a generation request (a 400 naming the field) and stores it as a queued job.
+SubmitGeneration = Callable[[GenerateRequest, Destination | None], Awaitable[Job]]
+
+
+@dataclass
+class Core:
+    cfg: Config
+    store: JobStore
+    queue: JobQueue
+    gpu: GpuLock
+    comfy: ComfyClient
+    templates: TemplateSet
+    process: ManagedComfyUI | None = None  #: the ComfyUI plasmad runs itself (COMFYUI_MANAGED=1)
+    accepting: bool = True  #: False once the daemon is stopping: no new work
+    _submit_generation: SubmitGeneration | None = field(default=None, repr=False)
+
+    def check_accepting(self) -> None:
+        if not self.accepting:
+            raise PlasmaError(ErrorCode.SHUTTING_DOWN, "plasmad is shutting down and takes no new work")
+
+    def stop_accepting(self) -> None:
+        """The daemon is stopping: refuse new work, and end the long polls now rather than later."""
+        self.accepting = False
+        self.queue.wake_waiters()
+
+    def provide_generations(self, submit: SubmitGeneration) -> None:
+        """Called once by the generation feature when the daemon is built."""
+        self._submit_generation = submit
+
+    async def submit_generation(self, req: GenerateRequest, destination: Destination | None = None) -> Job:
+        """Validate and queue one generation; the job is stored before this returns."""
+        self.check_accepting()
+        if self._submit_generation is None:
+            raise RuntimeError("no generation feature was provided to Core")
+        return await self._submit_generation(req, destination)
+
+    async def submit_generations(
+        self, items: Sequence[tuple[GenerateRequest, Destination | None]]
+    ) -> list[Job]:
+        """Queue several generations, all or nothing: if one is refused, those already queued are
+        cancelled again, so no half set is left in the queue."""
+        queued: list[Job] = []
+        try:
+            for req, destination in items:
+                queued.append(await self.submit_generation(req, destination))
+        except BaseException:
+            for job in queued:
+                fresh = await self.store.get(job.id)
+                if fresh is not None and fresh.status == JobStatus.QUEUED:
+                    await self.queue.cancel(fresh)
+            raise
+        return queued
+
+    async def job(self, job_id: object, kind: JobKind | None = None) -> Job:
+        """A stored job by id (404 if there is none of that kind). The running job is the queue's
+        live object, whose progress and state are newer than its row."""
+        if not isinstance(job_id, str) or not job_id:
+            raise invalid("id", "must be a job id")
+        current = self.queue.current
+        job = current if current is not None and current.id == job_id else await self.store.get(job_id)
+        if job is None or (kind is not None and job.kind != kind):
+            raise not_found(f"{'training' if kind == JobKind.TRAIN else 'job'} {job_id}")
+        return job
+
+    async def waiting_for(self, job: Job) -> str:
+        """Why a queued job has not started: what holds the GPU, and how many jobs are ahead."""
+        ahead = sum(
+            1 for j in await self.store.recent(status=JobStatus.QUEUED, limit=1000) if j.seq < job.seq
+        )
+        holder = self.gpu.holder
+        parts = [f"the GPU, held by {holder}" if holder else "the worker"]
+        if ahead:
+            parts.append(f"{ahead} job{'s' if ahead > 1 else ''} ahead")
+        return "; ".join(parts)
