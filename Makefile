@@ -24,6 +24,7 @@ demo: setup comfyui
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: setup comfyui lint
 	$(BIN)/python -m pytest
