@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from plasmad.core.config import BUNDLED_TEMPLATES
-from plasmad.core.job_logs import JobFileHandler, JobTagFilter, job_context, read_log
+from plasmad.core.job_logs import JobFileHandler, JobTagFilter, job_context
 from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job
 from plasmad.generation.timing import StepTimer
@@ -30,6 +30,7 @@ from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import Doctor
 from plasmad.operations.doctor import disk as doctor_disk
 from plasmad.operations.doctor.comfyui import _template_classes
+from plasmad.operations.logs import read_log
 from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
 from tests.support.cli import DaemonThread, ctl, run_cli
 from tests.support.kohya import answer, fake_python, sd_scripts
