@@ -21,14 +21,16 @@ from typing import Any
 import pytest
 
 from plasmad.core.config import BUNDLED_TEMPLATES
-from plasmad.core.job_logs import JobFileHandler, JobTagFilter, job_context, read_log
+from plasmad.core.job_logs import JobFileHandler, JobTagFilter, job_context
 from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job
 from plasmad.generation.timing import StepTimer
 from plasmad.operations import bench as bench_module
-from plasmad.operations import doctor as doctor_module
 from plasmad.operations.bench import Bench
-from plasmad.operations.doctor import Doctor, _template_classes
+from plasmad.operations.doctor import Doctor
+from plasmad.operations.doctor import disk as doctor_disk
+from plasmad.operations.doctor.comfyui import _template_classes
+from plasmad.operations.logs import read_log
 from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
 from tests.support.cli import DaemonThread, ctl, run_cli
 from tests.support.kohya import answer, fake_python, sd_scripts
@@ -68,7 +70,7 @@ def no_accelerate_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 async def test_doctor_on_the_artists_mac_is_all_ok(api: Api, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("COMFYUI_DISK_WARN_GB", "COMFYUI_DISK_FAIL_GB", "STATE_DISK_WARN_GB", "STATE_DISK_FAIL_GB"):
-        monkeypatch.setattr(doctor_module, name, 0.0)  # whatever this machine's disk holds
+        monkeypatch.setattr(doctor_disk, name, 0.0)  # whatever this machine's disk holds
     install_everything(api)
     api.fake.devices = [{"name": "mps", "type": "mps"}]
     api.fake.argv = MAC_ARGV

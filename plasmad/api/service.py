@@ -17,7 +17,6 @@ from plasmad.comfy.templates import TemplateSet
 from plasmad.context import Core
 from plasmad.core.config import Config
 from plasmad.core.gpu_lock import GpuLock
-from plasmad.core.job_logs import read_logs
 from plasmad.core.job_queue import JobQueue
 from plasmad.core.states import JobKind
 from plasmad.core.store import JobStore
@@ -28,6 +27,7 @@ from plasmad.jobs.ops import JobOps
 from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import run_doctor
 from plasmad.operations.health import health
+from plasmad.operations.logs import read_logs
 from plasmad.training.service import TrainingHandler, TrainingOps
 
 

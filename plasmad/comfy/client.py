@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
 TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
+_WS_GONE = frozenset(
+    {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR}
+)
+#: What waiting on the socket brought: a non-final event (or a preview), our prompt's end, nothing
+#: within the poll interval, or the socket's end. All but "event" send the wait to the history.
+_Heard = Literal["event", "ended", "silence", "dropped"]
 
 
 @dataclass(frozen=True)
@@ -201,38 +207,17 @@ class ComfyClient:
                     ErrorCode.COMFYUI_UNAVAILABLE,
                     f"ComfyUI did not finish prompt {prompt_id} within {timeout:.0f} s",
                 )
-            ended = False
+            heard: _Heard = "silence"
             if ws is not None and not ws.closed:
-                try:
-                    msg = await ws.receive(timeout=self._poll)
-                except TimeoutError:
-                    msg = None  # silence: ask the history below
-                if msg is not None:
-                    if msg.type == aiohttp.WSMsgType.TEXT:
-                        ended = await self._on_event(msg.data, prompt_id, on_progress)
-                        if not ended:
-                            continue  # keep draining events; history is asked on silence or the end
-                    elif msg.type in (
-                        aiohttp.WSMsgType.CLOSE,
-                        aiohttp.WSMsgType.CLOSED,
-                        aiohttp.WSMsgType.CLOSING,
-                        aiohttp.WSMsgType.ERROR,
-                    ):
-                        log.warning(
-                            "ComfyUI WebSocket dropped while waiting for %s; polling /history", prompt_id
-                        )
-                        ws = None
-                    else:
-                        continue  # binary previews
+                heard = await self._listen(ws, prompt_id, on_progress)
+                if heard == "event":
+                    continue  # keep draining events; history is asked on silence or the end
+                if heard == "dropped":
+                    log.warning("ComfyUI WebSocket dropped while waiting for %s; polling /history", prompt_id)
+                    ws = None
             else:
                 await asyncio.sleep(self._poll)
-            entry = await self.history(prompt_id)
-            if entry is None and ended:
-                # The end event can beat the history write by a few milliseconds.
-                for _ in range(40):
-                    await asyncio.sleep(0.025)
-                    if (entry := await self.history(prompt_id)) is not None:
-                        break
+            entry = await self._history_after(prompt_id, ended=heard == "ended")
             if entry is not None:
                 status = entry.get("status", {})
                 if status.get("completed") or status.get("status_str") in ("success", "error"):
@@ -241,6 +226,31 @@ class ComfyClient:
                 raise PlasmaError(
                     ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started"
                 )
+
+    async def _listen(
+        self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str, on_progress: ProgressCallback
+    ) -> _Heard:
+        """One message from the socket, or silence after the poll interval."""
+        try:
+            msg = await ws.receive(timeout=self._poll)
+        except TimeoutError:
+            return "silence"
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return "ended" if await self._on_event(msg.data, prompt_id, on_progress) else "event"
+        if msg.type in _WS_GONE:
+            return "dropped"
+        return "event"  # binary previews
+
+    async def _history_after(self, prompt_id: str, *, ended: bool) -> dict[str, Any] | None:
+        """The prompt's history entry; after its end event, retried briefly until it is written."""
+        entry = await self.history(prompt_id)
+        if entry is None and ended:
+            # The end event can beat the history write by a few milliseconds.
+            for _ in range(40):
+                await asyncio.sleep(0.025)
+                if (entry := await self.history(prompt_id)) is not None:
+                    break
+        return entry
 
     async def _on_event(self, data: str, prompt_id: str, on_progress: ProgressCallback) -> bool:
         try:

@@ -197,10 +197,37 @@ def check_dataset(
 def _check_images(
     report: CheckReport, dataset_dir: Path, trigger: str, problem: _Note, warning: _Note
 ) -> None:
+    found = _image_dir(report, dataset_dir, trigger, problem)
+    if found is None:
+        return
+    folder, repeats = found
+    hashes: dict[str, Path] = {}
+    images = _images_in(folder)
+    stems = {p.stem.lower() for p in images}
+    for path in images:
+        mirrored = is_mirrored_name(path)
+        if mirrored:
+            report.mirrored += 1
+            if path.stem.lower().removesuffix(MIRRORED_SUFFIX) not in stems:
+                warning(ProblemKind.ORPHAN, path, "a mirrored copy whose original is not in the dataset")
+        else:
+            report.originals += 1
+        _check_pixels(path, hashes, problem)
+        _check_caption(path.with_suffix(CAPTION_EXT), mirrored, trigger, problem)
+    for caption_path in sorted(folder.glob("*" + CAPTION_EXT)):
+        if caption_path.stem.lower() not in stems:
+            warning(ProblemKind.ORPHAN, caption_path, "a caption without an image")
+    _check_counts(report, folder, repeats, problem, warning)
+
+
+def _image_dir(
+    report: CheckReport, dataset_dir: Path, trigger: str, problem: _Note
+) -> tuple[Path, int] | None:
+    """The one `<repeats>_<trigger>` folder and its repeats (kept in `report`); None: no images to check."""
     if not dataset_dir.is_dir():
         problem(ProblemKind.LAYOUT, dataset_dir, "no such folder")
         problem(ProblemKind.COUNT, dataset_dir, f"0 original images, need at least {DATASET_MIN_IMAGES}")
-        return
+        return None
     folders = _repeat_dirs(dataset_dir)
     mine = [f for f in folders if f[2] == trigger]
     for path, _, name in folders:
@@ -213,59 +240,55 @@ def _check_images(
         reason = f"no <repeats>_{trigger} folder (plasmactl dataset build / add)"
         problem(ProblemKind.LAYOUT, dataset_dir, reason)
         problem(ProblemKind.COUNT, dataset_dir, f"0 original images, need at least {DATASET_MIN_IMAGES}")
-        return
+        return None
     folder, repeats, _ = mine[0]
     report.image_dir, report.repeats = folder, repeats
     if repeats < 1:
         problem(ProblemKind.LAYOUT, folder, "0 repeats: kohya skips the folder")
+    return folder, repeats
 
-    hashes: dict[str, Path] = {}
-    images = _images_in(folder)
-    stems = {p.stem.lower() for p in images}
-    for path in images:
-        mirrored = is_mirrored_name(path)
-        if mirrored:
-            report.mirrored += 1
-            if path.stem.lower().removesuffix(MIRRORED_SUFFIX) not in stems:
-                warning(ProblemKind.ORPHAN, path, "a mirrored copy whose original is not in the dataset")
-        else:
-            report.originals += 1
-        read = _read_image(path, full=True)
-        if isinstance(read, str):
-            problem(ProblemKind.UNREADABLE, path, read)
-        else:
-            size, digest = read
-            if size != (DATASET_IMAGE_SIZE, DATASET_IMAGE_SIZE):
-                problem(
-                    ProblemKind.SIZE, path,
-                    f"{size[0]}x{size[1]} px, must be {DATASET_IMAGE_SIZE}x{DATASET_IMAGE_SIZE} "
-                    "(plasmactl dataset add normalises)",
-                )
-            if digest is not None:
-                if digest in hashes:
-                    problem(ProblemKind.DUPLICATE, path, f"same pixels as {hashes[digest].name}")
-                else:
-                    hashes[digest] = path
-        caption_path = path.with_suffix(CAPTION_EXT)
-        text = _read_caption(caption_path)
-        if text is None:
-            reason = "no caption" if not caption_path.exists() else "caption is not readable UTF-8 text"
-            problem(ProblemKind.CAPTION, caption_path, reason)
-            continue
-        parsed = _parse_caption(text, trigger)
-        if isinstance(parsed, str):
-            problem(ProblemKind.CAPTION, caption_path, parsed)
-        elif parsed.mirrored != mirrored:
-            reason = (
-                f"a mirrored copy's caption needs {MIRRORED_TAG!r} right after the trigger word"
-                if mirrored
-                else f"an original's caption may not say {MIRRORED_TAG!r} (only *{MIRRORED_SUFFIX} files)"
-            )
-            problem(ProblemKind.CAPTION, caption_path, reason)
 
-    for caption_path in sorted(folder.glob("*" + CAPTION_EXT)):
-        if caption_path.stem.lower() not in stems:
-            warning(ProblemKind.ORPHAN, caption_path, "a caption without an image")
+def _check_pixels(path: Path, hashes: dict[str, Path], problem: _Note) -> None:
+    """Readable, 512x512, and not the same pixels as an image seen before (`hashes`, updated)."""
+    read = _read_image(path, full=True)
+    if isinstance(read, str):
+        problem(ProblemKind.UNREADABLE, path, read)
+        return
+    size, digest = read
+    if size != (DATASET_IMAGE_SIZE, DATASET_IMAGE_SIZE):
+        problem(
+            ProblemKind.SIZE, path,
+            f"{size[0]}x{size[1]} px, must be {DATASET_IMAGE_SIZE}x{DATASET_IMAGE_SIZE} "
+            "(plasmactl dataset add normalises)",
+        )
+    if digest is not None:
+        if digest in hashes:
+            problem(ProblemKind.DUPLICATE, path, f"same pixels as {hashes[digest].name}")
+        else:
+            hashes[digest] = path
+
+
+def _check_caption(caption_path: Path, mirrored: bool, trigger: str, problem: _Note) -> None:
+    """An image's caption: there, by the caption rule, and tagged `mirrored` exactly when the image is."""
+    text = _read_caption(caption_path)
+    if text is None:
+        reason = "no caption" if not caption_path.exists() else "caption is not readable UTF-8 text"
+        problem(ProblemKind.CAPTION, caption_path, reason)
+        return
+    parsed = _parse_caption(text, trigger)
+    if isinstance(parsed, str):
+        problem(ProblemKind.CAPTION, caption_path, parsed)
+    elif parsed.mirrored != mirrored:
+        reason = (
+            f"a mirrored copy's caption needs {MIRRORED_TAG!r} right after the trigger word"
+            if mirrored
+            else f"an original's caption may not say {MIRRORED_TAG!r} (only *{MIRRORED_SUFFIX} files)"
+        )
+        problem(ProblemKind.CAPTION, caption_path, reason)
+
+
+def _check_counts(report: CheckReport, folder: Path, repeats: int, problem: _Note, warning: _Note) -> None:
+    """Enough originals; images x repeats within kohya's advised range (a warning)."""
     if report.originals < DATASET_MIN_IMAGES:
         problem(
             ProblemKind.COUNT, folder,

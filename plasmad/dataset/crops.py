@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.core.fsutil import create_new
 from plasmad.dataset.captions import MIRRORED_SUFFIX, _field_problem, _tags
-from plasmad.dataset.images import RGB, _background_stats, _open_image, colour_hex, detect_background, flatten
+from plasmad.dataset.images import RGB, _background_stats, _open_image, colour_hex, flatten
 
 PLACEHOLDER = "TODO"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
@@ -239,15 +239,9 @@ def _components(grid: Image.Image) -> list[tuple[int, int, int, int, int]]:
     return found
 
 
-def find_figures(image: Image.Image, background: RGB | None = None) -> list[Figure]:
-    """Figures on a plain sheet: connected regions of non-background pixels, small gaps bridged,
-    specks and text labels (much smaller than the tallest figure) dropped. Rows top to bottom,
-    left to right within a row."""
-    bg = background if background is not None else detect_background(image)
-    return _figures_in(_foreground_mask(flatten(image, bg), bg))
-
-
 def _figures_in(mask: Image.Image) -> list[Figure]:
+    """Figures in a sheet's foreground mask: connected regions, small gaps bridged, specks and text
+    labels (much smaller than the tallest figure) dropped. Rows top to bottom, left to right within a row."""
     # Halving with "any pixel set" keeps one-pixel lines visible at every level (an average would not).
     grid, factor = mask, 1
     while max(grid.size) > _SUGGEST_GRID:

@@ -221,6 +221,28 @@ def _commit(
     warnings: list[str],
     repeats: int | None,
 ) -> BuildResult:
+    """Write the planned files into the dataset's image folder, and rename it to its repeat count."""
+    _check_commit(dataset_dir, trigger, planned, repeats)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    with _dataset_lock(dataset_dir):
+        folder = find_image_dir(dataset_dir, trigger)
+        previous = int(folder.name.split("_", 1)[0]) if folder else None
+        # Everything is decided before anything is written: a conflict leaves the dataset untouched.
+        to_write, kept = _sort_existing(folder, planned)
+        _refuse_duplicate_pixels(folder, planned, to_write)
+        if folder is None:
+            folder = _new_image_dir(dataset_dir, trigger, planned, repeats)
+        outcomes = _write(folder, planned, kept)
+        images = _images_in(folder)
+        originals = sum(1 for p in images if not is_mirrored_name(p))
+        wanted = repeats if repeats is not None else derive_repeats(len(images))
+        folder = _rename_to_repeats(folder, dataset_dir / repeats_dir_name(wanted, trigger))
+    files = [FileOutcome(folder / o.path.name, o.action, o.note) for o in (*outcomes, *skipped)]
+    return BuildResult(folder, wanted, previous, originals, len(images), files, warnings)
+
+
+def _check_commit(dataset_dir: Path, trigger: str, planned: list[_Planned], repeats: int | None) -> None:
+    """The request itself, before the dataset is looked at."""
     check_trigger(trigger)
     if repeats is not None and repeats < 1:
         raise invalid("repeats", "must be at least 1")
@@ -230,77 +252,87 @@ def _commit(
         raise invalid("name", f"two images would get the same file name: {', '.join(dupes)}")
     if not planned and not dataset_dir.is_dir():
         raise not_found(f"dataset {dataset_dir}")
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    with _dataset_lock(dataset_dir):
-        folder = find_image_dir(dataset_dir, trigger)
-        previous = int(folder.name.split("_", 1)[0]) if folder else None
-        existing_images = _images_in(folder) if folder else []
 
-        # Everything is decided before anything is written: a conflict leaves the dataset untouched.
-        to_write: list[_Planned] = []
-        kept: list[str] = []
-        conflicts: list[str] = []
-        for item in planned:
-            target = folder / item.name if folder else None
-            if target is not None and target.exists():
-                (kept if _matches(target, item) else conflicts).append(item.name)
-            else:
-                to_write.append(item)
-        if conflicts:
+
+def _sort_existing(folder: Path | None, planned: list[_Planned]) -> tuple[list[_Planned], list[str]]:
+    """The files to write, and the names already there with the same content. CONFLICT when one is
+    there with other content."""
+    to_write: list[_Planned] = []
+    kept: list[str] = []
+    conflicts: list[str] = []
+    for item in planned:
+        target = folder / item.name if folder else None
+        if target is not None and target.exists():
+            (kept if _matches(target, item) else conflicts).append(item.name)
+        else:
+            to_write.append(item)
+    if conflicts:
+        raise PlasmaError(
+            ErrorCode.CONFLICT,
+            f"{len(conflicts)} file(s) in {folder} already exist with other content: "
+            f"{', '.join(conflicts)}. Nothing was written; remove them, or give the crop another name",
+            field="dataset_dir",
+            details={"conflicts": conflicts},
+        )
+    return to_write, kept
+
+
+def _refuse_duplicate_pixels(folder: Path | None, planned: list[_Planned], to_write: list[_Planned]) -> None:
+    """Two planned images with the same pixels, or a new one with the pixels of an image already in
+    the folder, would be a duplicate in the training set."""
+    planned_hashes = [p.pixels for p in planned if p.pixels]
+    if len(set(planned_hashes)) != len(planned_hashes):
+        raise invalid("crops", "two crops give the same pixels: one would be a duplicate")
+    new_hashes = {p.pixels: p.name for p in to_write if p.pixels}
+    if not new_hashes:
+        return
+    for path in _images_in(folder) if folder else []:
+        h = _file_pixel_hash(path)
+        if h in new_hashes and path.name != new_hashes[h]:
             raise PlasmaError(
                 ErrorCode.CONFLICT,
-                f"{len(conflicts)} file(s) in {folder} already exist with other content: "
-                f"{', '.join(conflicts)}. Nothing was written; remove them, or give the crop another name",
-                field="dataset_dir",
-                details={"conflicts": conflicts},
+                f"{new_hashes[h]} has the same pixels as {path.name} already in the dataset",
+                field="image",
             )
-        planned_hashes = [p.pixels for p in planned if p.pixels]
-        if len(set(planned_hashes)) != len(planned_hashes):
-            raise invalid("crops", "two crops give the same pixels: one would be a duplicate")
-        new_hashes = {p.pixels: p.name for p in to_write if p.pixels}
-        if new_hashes:
-            for path in existing_images:
-                h = _file_pixel_hash(path)
-                if h in new_hashes and path.name != new_hashes[h]:
-                    raise PlasmaError(
-                        ErrorCode.CONFLICT,
-                        f"{new_hashes[h]} has the same pixels as {path.name} already in the dataset",
-                        field="image",
-                    )
 
-        if folder is None:
-            if not planned:
-                raise not_found(f"a <repeats>_{trigger} folder in {dataset_dir}")
-            count = sum(1 for p in planned if p.pixels)
-            folder = dataset_dir / repeats_dir_name(repeats or derive_repeats(count), trigger)
-            folder.mkdir()
-        outcomes: list[FileOutcome] = []
-        for item in planned:
-            if item.name in kept:
-                outcomes.append(FileOutcome(Path(item.name), "kept"))
-                continue
-            if create_new(folder / item.name, item.data):
-                outcomes.append(FileOutcome(Path(item.name), "written"))
-            elif _matches(folder / item.name, item):  # someone wrote the same file meanwhile
-                outcomes.append(FileOutcome(Path(item.name), "kept"))
-            else:
-                raise PlasmaError(
-                    ErrorCode.CONFLICT, f"{folder / item.name} appeared meanwhile with other content",
-                    field="dataset_dir",
-                )
 
-        images = _images_in(folder)
-        originals = sum(1 for p in images if not is_mirrored_name(p))
-        wanted = repeats if repeats is not None else derive_repeats(len(images))
-        target_dir = dataset_dir / repeats_dir_name(wanted, trigger)
-        if target_dir != folder:
-            if target_dir.exists():
-                raise PlasmaError(ErrorCode.CONFLICT, f"{target_dir} exists; cannot rename {folder.name}")
-            # One rename moves every file at once: kohya never sees half the set under either name.
-            os.rename(folder, target_dir)
-            folder = target_dir
-    files = [FileOutcome(folder / o.path.name, o.action, o.note) for o in (*outcomes, *skipped)]
-    return BuildResult(folder, wanted, previous, originals, len(images), files, warnings)
+def _new_image_dir(dataset_dir: Path, trigger: str, planned: list[_Planned], repeats: int | None) -> Path:
+    if not planned:
+        raise not_found(f"a <repeats>_{trigger} folder in {dataset_dir}")
+    count = sum(1 for p in planned if p.pixels)
+    folder = dataset_dir / repeats_dir_name(repeats or derive_repeats(count), trigger)
+    folder.mkdir()
+    return folder
+
+
+def _write(folder: Path, planned: list[_Planned], kept: list[str]) -> list[FileOutcome]:
+    outcomes: list[FileOutcome] = []
+    for item in planned:
+        if item.name in kept:
+            outcomes.append(FileOutcome(Path(item.name), "kept"))
+            continue
+        if create_new(folder / item.name, item.data):
+            outcomes.append(FileOutcome(Path(item.name), "written"))
+        elif _matches(folder / item.name, item):  # someone wrote the same file meanwhile
+            outcomes.append(FileOutcome(Path(item.name), "kept"))
+        else:
+            raise PlasmaError(
+                ErrorCode.CONFLICT,
+                f"{folder / item.name} appeared meanwhile with other content",
+                field="dataset_dir",
+            )
+    return outcomes
+
+
+def _rename_to_repeats(folder: Path, target_dir: Path) -> Path:
+    """The image folder under its repeat count's name (`target_dir`)."""
+    if target_dir != folder:
+        if target_dir.exists():
+            raise PlasmaError(ErrorCode.CONFLICT, f"{target_dir} exists; cannot rename {folder.name}")
+        # One rename moves every file at once: kohya never sees half the set under either name.
+        os.rename(folder, target_dir)
+        folder = target_dir
+    return folder
 
 
 def build_from_sheet(

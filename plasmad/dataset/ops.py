@@ -70,39 +70,12 @@ class DatasetOps:
         core = self._core
         core.check_accepting()
         req = parse(DatasetRegRequest, body)
-        dataset_dir = Path(req.dataset_dir)
-        if not dataset_dir.is_absolute():
-            raise invalid("datasetDir", f"{req.dataset_dir!r} must be an absolute path")
-        if not await asyncio.to_thread(dataset_dir.is_dir):
-            raise invalid("datasetDir", f"{dataset_dir} is not a folder (plasmactl dataset build / add)")
-        least = 1 if req.allow_small else REG_MIN_IMAGES
-        if not least <= req.count <= REG_MAX_IMAGES:
-            hint = "" if req.allow_small else " (allowSmall permits fewer, for tests and demos)"
-            raise invalid("count", f"{req.count} is outside {least}-{REG_MAX_IMAGES} (DATA-03){hint}")
-        class_name = req.class_name or dataset.REG_DEFAULT_CLASS
+        dataset_dir, class_name, folder = await self._check_reg_request(req)
         base_seed = dataset.REG_BASE_SEED if req.seed is None else req.seed
-        try:
-            folder = dataset.reg_dir(dataset_dir, class_name)
-        except PlasmaError as exc:
-            raise _as_field(exc, "className") from None
-        check_size(req.width, req.height, field="")
-        if not core.templates.has(TXT2IMG_BASE):
-            raise PlasmaError(
-                ErrorCode.NOT_CONFIGURED,
-                f"{core.templates.dir} has no {TXT2IMG_BASE}.json: reg images use the base model, no LoRA",
-            )
-        for path in (folder.parent, folder):
-            if await asyncio.to_thread(_not_a_folder, path):
-                raise invalid("datasetDir", f"{path} is in the way of the reg folder: it is not a folder")
-
         async with self._lock:
             # Active jobs first, then the files: a job that finishes in between has written its
             # image by the time the folder is read, so it is never queued a second time.
-            active: dict[str, str] = {}
-            for job in await core.store.in_states(JobKind.GENERATE, ACTIVE_STATES):
-                dest = GenerationState.model_validate(job.result).destination
-                if dest is not None and dest.kind == REG_IMAGE:
-                    active[dest.image] = job.id
+            active = await self._active_reg_images()
             missing = await asyncio.to_thread(dataset.missing_reg_items, folder, req.count, base_seed)
             wanted = [item for item in missing if str(item.image_path) not in active]
             # All or nothing: a refusal (the checkpoint, say) leaves nothing half-queued.
@@ -113,11 +86,11 @@ class DatasetOps:
                     for item in wanted
                 ]
             )
-            queued = [job.id for job in queued_jobs]
-            jobs = [
-                {"id": job.id, "index": item.index, "image": str(item.image_path), "new": True}
-                for item, job in zip(wanted, queued_jobs, strict=True)
-            ]
+        queued = [job.id for job in queued_jobs]
+        jobs = [
+            {"id": job.id, "index": item.index, "image": str(item.image_path), "new": True}
+            for item, job in zip(wanted, queued_jobs, strict=True)
+        ]
         pending = [
             {"id": active[image], "index": item.index, "image": image, "new": False}
             for item in missing
@@ -136,6 +109,44 @@ class DatasetOps:
             "alreadyQueued": [p["id"] for p in pending],
             "jobs": sorted(jobs + pending, key=lambda j: int(j["index"])),
         }
+
+    async def _check_reg_request(self, req: DatasetRegRequest) -> tuple[Path, str, Path]:
+        """The dataset folder, the class name and the reg folder; INVALID_INPUT (or NOT_CONFIGURED:
+        no base template) before anything is queued."""
+        dataset_dir = Path(req.dataset_dir)
+        if not dataset_dir.is_absolute():
+            raise invalid("datasetDir", f"{req.dataset_dir!r} must be an absolute path")
+        if not await asyncio.to_thread(dataset_dir.is_dir):
+            raise invalid("datasetDir", f"{dataset_dir} is not a folder (plasmactl dataset build / add)")
+        least = 1 if req.allow_small else REG_MIN_IMAGES
+        if not least <= req.count <= REG_MAX_IMAGES:
+            hint = "" if req.allow_small else " (allowSmall permits fewer, for tests and demos)"
+            raise invalid("count", f"{req.count} is outside {least}-{REG_MAX_IMAGES} (DATA-03){hint}")
+        class_name = req.class_name or dataset.REG_DEFAULT_CLASS
+        try:
+            folder = dataset.reg_dir(dataset_dir, class_name)
+        except PlasmaError as exc:
+            raise _as_field(exc, "className") from None
+        check_size(req.width, req.height, field="")
+        templates = self._core.templates
+        if not templates.has(TXT2IMG_BASE):
+            raise PlasmaError(
+                ErrorCode.NOT_CONFIGURED,
+                f"{templates.dir} has no {TXT2IMG_BASE}.json: reg images use the base model, no LoRA",
+            )
+        for path in (folder.parent, folder):
+            if await asyncio.to_thread(_not_a_folder, path):
+                raise invalid("datasetDir", f"{path} is in the way of the reg folder: it is not a folder")
+        return dataset_dir, class_name, folder
+
+    async def _active_reg_images(self) -> dict[str, str]:
+        """Reg images whose job is queued or running: image path -> job id."""
+        active: dict[str, str] = {}
+        for job in await self._core.store.in_states(JobKind.GENERATE, ACTIVE_STATES):
+            dest = GenerationState.model_validate(job.result).destination
+            if dest is not None and dest.kind == REG_IMAGE:
+                active[dest.image] = job.id
+        return active
 
 
 def _reg_request(item: dataset.RegItem, req: DatasetRegRequest) -> GenerateRequest:

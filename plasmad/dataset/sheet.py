@@ -58,23 +58,48 @@ def contact_sheet(
     (kohya ignores files at the dataset's top level). Returns the path written."""
     if thumb < 32:
         raise invalid("thumb", "must be at least 32 px")
-    entries: list[tuple[Path, Image.Image | None, str]] = []
+    entries = _entries(dataset_dir, thumb)
+    if not entries:
+        raise invalid("dataset_dir", f"no images in {dataset_dir}")
+    data = _png_bytes(_draw(dataset_dir.name, entries, thumb, columns))
+    if out_path is not None:
+        if not create_new(out_path, data):
+            raise PlasmaError(ErrorCode.CONFLICT, f"{out_path} exists; choose another name", field="out")
+        return out_path
+    for candidate in _numbered(dataset_dir / CONTACT_SHEET_NAME):
+        if create_new(candidate, data):
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_Entry = tuple[Path, Image.Image | None, str]  #: an image, its thumbnail (None: unreadable), its caption
+
+
+def _entries(dataset_dir: Path, thumb: int) -> list[_Entry]:
+    """Every image of the dataset's image folders, each original followed by its flip."""
+    entries: list[_Entry] = []
     for folder, _, _ in _repeat_dirs(dataset_dir):
         for path in sorted(_images_in(folder), key=_original_first):
-            small: Image.Image | None = None
-            try:
-                with Image.open(path) as im:
-                    im.load()
-                    small = flatten(im, (255, 255, 255))
-                small.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-                small = None
+            small = _thumbnail(path, thumb)
             caption = _read_caption(path.with_suffix(CAPTION_EXT))
             text = " ".join(caption.split()) if caption is not None else "(no caption)"
             entries.append((path, small, text))
-    if not entries:
-        raise invalid("dataset_dir", f"no images in {dataset_dir}")
+    return entries
 
+
+def _thumbnail(path: Path, thumb: int) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            small = flatten(im, (255, 255, 255))
+        small.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return small
+
+
+def _draw(name: str, entries: list[_Entry], thumb: int, columns: int | None) -> Image.Image:
+    """A header line, then a grid of cells: the thumbnail, the file name and the wrapped caption."""
     font = ImageFont.load_default()
     pad = 8
     ascent, descent = font.getmetrics() if isinstance(font, ImageFont.FreeTypeFont) else (10, 2)
@@ -88,7 +113,7 @@ def contact_sheet(
     sheet = Image.new("RGB", (width, header_h + sum(row_heights)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     originals = sum(1 for e in entries if not is_mirrored_name(e[0]))
-    draw.text((pad, pad), f"{dataset_dir.name}: {originals} originals, {len(entries) - originals} mirrored",
+    draw.text((pad, pad), f"{name}: {originals} originals, {len(entries) - originals} mirrored",
               fill=(0, 0, 0), font=font)
     y = header_h
     for row, row_h in zip(rows, row_heights, strict=True):
@@ -105,13 +130,4 @@ def contact_sheet(
                 colour = (90, 90, 90) if n == 0 else (0, 0, 0)
                 draw.text((x, y + thumb + pad // 2 + n * line_h), line, fill=colour, font=font)
         y += row_h
-
-    data = _png_bytes(sheet)
-    if out_path is not None:
-        if not create_new(out_path, data):
-            raise PlasmaError(ErrorCode.CONFLICT, f"{out_path} exists; choose another name", field="out")
-        return out_path
-    for candidate in _numbered(dataset_dir / CONTACT_SHEET_NAME):
-        if create_new(candidate, data):
-            return candidate
-    raise AssertionError("unreachable")  # pragma: no cover
+    return sheet

@@ -42,54 +42,11 @@ class GenerationPlan:
 
 
 async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClient) -> GenerationPlan:
-    check_batch_size(req.batch_size)
-    check_size(req.resolution.width, req.resolution.height)
-    if (req.chapter is None) != (req.page is None):
-        raise invalid("page" if req.page is None else "chapter", "chapter and page go together")
-    if req.chapter is not None:
-        cfg.require_pipeline_dir()
-    if req.pose_image_path is None:
-        for field, value in (
-            ("controlnetStrength", req.controlnet_strength),
-            ("initImagePath", req.init_image_path),
-            ("denoise", req.denoise),
-            ("controlnet", req.controlnet),
-            ("poseIsSkeleton", None if req.pose_is_skeleton else False),
-        ):
-            if value is not None:
-                raise invalid(field, "only applies with poseImagePath (ControlNet)")
-    elif req.controlnet_strength is not None:
-        check_controlnet_strength(req.controlnet_strength)
-
-    samplers = await comfy.input_choices("KSampler", "sampler_name")
-    if samplers and req.sampler not in samplers:
-        raise invalid("sampler", f"{req.sampler!r} is not a ComfyUI sampler", {"choices": samplers})
-    schedulers = await comfy.input_choices("KSampler", "scheduler")
-    if schedulers and req.scheduler not in schedulers:
-        raise invalid("scheduler", f"{req.scheduler!r} is not a ComfyUI scheduler", {"choices": schedulers})
-
-    models = cfg.require_comfyui_dir() / "models"
-    checkpoint = req.checkpoint or cfg.checkpoint
-    if not checkpoint:
-        raise invalid("checkpoint", "no checkpoint given and PLASMA_CHECKPOINT is not set")
-    await asyncio.to_thread(
-        modelfiles.check_model, models / "checkpoints", checkpoint, "checkpoint", "checkpoint"
-    )
-    if req.lora_id is not None:
-        await asyncio.to_thread(modelfiles.check_model, models / "loras", req.lora_id, "loraId", "lora")
-
+    _check_request(req, cfg)
+    await _check_sampling(req, comfy)
+    models, checkpoint = await _check_models(req, cfg)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
-    slots: dict[str, Any] = {
-        "prompt_text": req.prompt,
-        "negative_prompt": req.negative_prompt,
-        "seed": seed,
-        "checkpoint_name": checkpoint,
-        "steps": req.steps,
-        "cfg": req.cfg,
-        "sampler": req.sampler,
-        "scheduler": req.scheduler,
-        "unet_dtype": cfg.unet_dtype,
-    }
+    slots = _common_slots(req, cfg, seed, checkpoint)
     cn_plan: ControlNetPlan | None = None
     if req.pose_image_path is not None:
         cn_plan = await validate_controlnet(req, cfg, comfy, models)
@@ -113,6 +70,67 @@ async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClien
         request=request,
         controlnet=cn_plan,
     )
+
+
+def _check_request(req: GenerateRequest, cfg: Config) -> None:
+    """The limits, and the fields that only go together (chapter and page; the ControlNet ones)."""
+    check_batch_size(req.batch_size)
+    check_size(req.resolution.width, req.resolution.height)
+    if (req.chapter is None) != (req.page is None):
+        raise invalid("page" if req.page is None else "chapter", "chapter and page go together")
+    if req.chapter is not None:
+        cfg.require_pipeline_dir()
+    if req.pose_image_path is None:
+        for field, value in (
+            ("controlnetStrength", req.controlnet_strength),
+            ("initImagePath", req.init_image_path),
+            ("denoise", req.denoise),
+            ("controlnet", req.controlnet),
+            ("poseIsSkeleton", None if req.pose_is_skeleton else False),
+        ):
+            if value is not None:
+                raise invalid(field, "only applies with poseImagePath (ControlNet)")
+    elif req.controlnet_strength is not None:
+        check_controlnet_strength(req.controlnet_strength)
+
+
+async def _check_sampling(req: GenerateRequest, comfy: ComfyClient) -> None:
+    """The sampler and scheduler are ones ComfyUI offers (not checked when it lists none)."""
+    samplers = await comfy.input_choices("KSampler", "sampler_name")
+    if samplers and req.sampler not in samplers:
+        raise invalid("sampler", f"{req.sampler!r} is not a ComfyUI sampler", {"choices": samplers})
+    schedulers = await comfy.input_choices("KSampler", "scheduler")
+    if schedulers and req.scheduler not in schedulers:
+        raise invalid("scheduler", f"{req.scheduler!r} is not a ComfyUI scheduler", {"choices": schedulers})
+
+
+async def _check_models(req: GenerateRequest, cfg: Config) -> tuple[Path, str]:
+    """ComfyUI's models folder, and the checkpoint: both it and the LoRA SD 1.5 by their headers."""
+    models = cfg.require_comfyui_dir() / "models"
+    checkpoint = req.checkpoint or cfg.checkpoint
+    if not checkpoint:
+        raise invalid("checkpoint", "no checkpoint given and PLASMA_CHECKPOINT is not set")
+    await asyncio.to_thread(
+        modelfiles.check_model, models / "checkpoints", checkpoint, "checkpoint", "checkpoint"
+    )
+    if req.lora_id is not None:
+        await asyncio.to_thread(modelfiles.check_model, models / "loras", req.lora_id, "loraId", "lora")
+    return models, checkpoint
+
+
+def _common_slots(req: GenerateRequest, cfg: Config, seed: int, checkpoint: str) -> dict[str, Any]:
+    """The slots every template has."""
+    return {
+        "prompt_text": req.prompt,
+        "negative_prompt": req.negative_prompt,
+        "seed": seed,
+        "checkpoint_name": checkpoint,
+        "steps": req.steps,
+        "cfg": req.cfg,
+        "sampler": req.sampler,
+        "scheduler": req.scheduler,
+        "unet_dtype": cfg.unet_dtype,
+    }
 
 
 async def validate_controlnet(

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from plasmad import __version__
 from plasmad.context import Core
+from plasmad.core import limits
 from plasmad.core.errors import PlasmaError, not_found
 from plasmad.core.jobs import GenerationState
 from plasmad.core.states import FINISHED_STATES, JobStatus
@@ -38,14 +39,12 @@ from plasmad.core.wire import BenchRequest, BenchResultsParams, GenerateRequest,
 
 log = logging.getLogger(__name__)
 
-# INFRA-04's bar and the settings it is defined for.
+# INFRA-04's bar and the settings it is defined for; its sampler, scheduler and CFG are the
+# generation defaults (limits.DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_CFG).
 BAR_SECONDS: Final = 120.0
 BAR_WIDTH: Final = 512
 BAR_HEIGHT: Final = 512
 BAR_STEPS: Final = 20
-SAMPLER: Final = "euler_ancestral"
-SCHEDULER: Final = "normal"
-CFG: Final = 7.0
 PROMPT: Final = "1girl, manga style, full body, standing on a rooftop, city at night, detailed"
 NEGATIVE: Final = "lowres, bad anatomy, blurry"
 FILE_NAME: Final = "bench.jsonl"
@@ -123,9 +122,9 @@ class Bench:
             "negativePrompt": NEGATIVE,
             "resolution": {"width": width, "height": height},
             "steps": steps,
-            "sampler": SAMPLER,
-            "scheduler": SCHEDULER,
-            "cfg": CFG,
+            "sampler": limits.DEFAULT_SAMPLER,
+            "scheduler": limits.DEFAULT_SCHEDULER,
+            "cfg": limits.DEFAULT_CFG,
             # No seed: a fresh one each time. ComfyUI caches a node whose inputs it has seen, so
             # a repeated seed would be served from the cache and time nothing.
         }
@@ -140,8 +139,8 @@ class Bench:
             "width": width,
             "height": height,
             "steps": steps,
-            "sampler": SAMPLER,
-            "scheduler": SCHEDULER,
+            "sampler": limits.DEFAULT_SAMPLER,
+            "scheduler": limits.DEFAULT_SCHEDULER,
             "checkpoint": job.request.get("checkpoint"),
             "seed": job.request.get("seed"),
             "barSeconds": BAR_SECONDS,
