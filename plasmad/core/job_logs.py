@@ -9,7 +9,7 @@ job, in one small file, written off the event loop. The number of job logs and t
 are bounded.
 
 A training's log is the trainer's own output, `<state>/trainings/<id>/train.log`
-(`plasmad.training.service`, which records the path in the job's result as `logFile`).
+(`plasmad.training.ops`, which records the path in the job's result as `logFile`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from plasmad.comfy.process import BASE_FLAGS, ManagedComfyUI
 from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError
 from plasmad.generation import controlnet
-from plasmad.training import kohya
+from plasmad.training.kohya import preflight as kohya
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -67,7 +67,7 @@ def _gb(n: float) -> str:
 
 
 def _version(text: str | None) -> tuple[int, ...]:
-    return kohya._version_tuple(text or "0")
+    return kohya.version_tuple(text or "0")
 
 
 class Doctor:
