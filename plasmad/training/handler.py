@@ -91,6 +91,7 @@ class TrainingHandler:
             state.store_in(job)
 
     async def persist(self, job: Job, spec: TrainSpec) -> None:
+        """The live job's state into the store (a crash loses what came after)."""
         await self._store.update(job.id, result=job.result, step=TrainingState.of(job).step, total=spec.steps)
 
     async def _settle(self, job: Job, spec: TrainSpec, outcome: Outcome) -> PlasmaError | None:

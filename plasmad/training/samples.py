@@ -134,7 +134,7 @@ class SampleOps:
             for j, prompt in enumerate(prompts)
         ]
         # All or nothing: no half set left in the queue.
-        queued = [job.id for job in await self._core.submit_generations(requests)]
+        queued = [sample.id for sample in await self._core.submit_generations(requests)]
         for i, row in enumerate(rows):
             row.jobs = queued[i * len(prompts) : (i + 1) * len(prompts)]
         samples = SampleSet(
