@@ -22,25 +22,21 @@ from typing import TypeVar
 
 import pytest
 
+from plasmad.comfy.modelfiles import safetensors_complete
 from plasmad.core.errors import ErrorCode, PlasmaError
-from plasmad.training.kohya import (
-    OOM_ADVICE,
+from plasmad.training.checkpoints import scan_checkpoints
+from plasmad.training.kohya.command import KohyaParams, build_command, kohya_cwd
+from plasmad.training.kohya.outcome import OOM_ADVICE, classify_outcome
+from plasmad.training.kohya.output import (
     TAIL_LINE_CHARS,
     CheckpointSaved,
     ErrorLine,
     Event,
     KohyaOutputParser,
-    KohyaParams,
     Progress,
-    RunResult,
-    build_command,
-    classify_outcome,
-    kohya_cwd,
-    preflight,
-    run_kohya,
-    safetensors_complete,
-    scan_checkpoints,
 )
+from plasmad.training.kohya.preflight import preflight
+from plasmad.training.kohya.runner import RunResult, run_kohya
 from tests.fakes import fake_kohya
 from tests.support.kohya import answer, fake_python, sd_scripts
 

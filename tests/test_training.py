@@ -39,7 +39,7 @@ from plasmad.core.job_queue import JobQueue
 from plasmad.core.states import JobKind
 from plasmad.core.store import JobStore
 from plasmad.training.backend import TrainSpec
-from plasmad.training.kohya_backend import KohyaTrainer
+from plasmad.training.kohya.backend import KohyaTrainer
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, probe_answer, write_fake_python
 from tests.support.app import FINISHED, eventually, expect_error, make_config, release_fake, rpc
@@ -590,7 +590,7 @@ def test_plasmactl_train_commands(daemon_env: DaemonEnv, start_daemon: Any, tmp_
 def test_the_training_template_fills_and_fixes_the_hardware_rules() -> None:
     from plasmad.comfy.templates import load_template
     from plasmad.core.config import BUNDLED_TEMPLATES
-    from plasmad.training.comfy_trainer import TEMPLATE
+    from plasmad.training.comfy_trainer.backend import TEMPLATE
 
     template = load_template(BUNDLED_TEMPLATES, TEMPLATE)
     graph = template.fill(
@@ -612,7 +612,7 @@ def test_the_training_template_fills_and_fixes_the_hardware_rules() -> None:
 
 
 def test_chunks_follow_kohyas_saving_rule() -> None:
-    from plasmad.training.comfy_trainer import chunk_ends, saves_step_file
+    from plasmad.training.comfy_trainer.backend import chunk_ends, saves_step_file
 
     assert chunk_ends(1000, 200) == [200, 400, 600, 800, 1000]
     assert chunk_ends(4, 2) == [2, 4] and chunk_ends(5, 2) == [2, 4, 5] and chunk_ends(4, 10) == [4]
@@ -622,7 +622,7 @@ def test_chunks_follow_kohyas_saving_rule() -> None:
 
 def test_a_comfyui_lora_is_rewritten_in_kohyas_layout(tmp_path: Path) -> None:
     from plasmad.comfy import modelfiles
-    from plasmad.training.comfy_trainer import to_kohya
+    from plasmad.training.comfy_trainer.convert import to_kohya
 
     # SaveLoRA's keys and shapes (as 0.3.75 writes them: conv LoRAs flattened), with real data bytes.
     def entry(dtype: str, shape: list[int], start: int) -> tuple[dict[str, Any], int]:

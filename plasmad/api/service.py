@@ -28,7 +28,8 @@ from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import run_doctor
 from plasmad.operations.health import health
 from plasmad.operations.logs import read_logs
-from plasmad.training.service import TrainingHandler, TrainingOps
+from plasmad.training.handler import TrainingHandler
+from plasmad.training.ops import TrainingOps
 
 
 class Service:

@@ -34,8 +34,9 @@ class HeaderError(ValueError):
     """The file is not a readable safetensors file."""
 
 
-def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The tensor table and the `__metadata__` of a safetensors file (reads the header only)."""
+def read_raw_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """The header's length in bytes and its JSON object, `__metadata__` included (reads the header
+    only). The one parser of the format: whoever needs a header reads it through here."""
     try:
         with path.open("rb") as f:
             raw_len = f.read(8)
@@ -55,8 +56,36 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise HeaderError("header is not JSON: not a safetensors file") from exc
     if not isinstance(header, dict):
         raise HeaderError("header is not a JSON object")
+    return length, header
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensor table and the `__metadata__` of a safetensors file (reads the header only)."""
+    _, header = read_raw_header(path)
     metadata = header.pop("__metadata__", None) or {}
     return header, {str(k): str(v) for k, v in metadata.items()}
+
+
+def safetensors_complete(path: Path) -> bool:
+    """Whether a .safetensors file is whole: a process killed while saving leaves a short file.
+
+    The header says where the last tensor ends; a whole file ends exactly there. Reads only the
+    header (never the tensors). Touches the disk: call it through asyncio.to_thread.
+    """
+    try:
+        length, header = read_raw_header(path)
+        size = path.stat().st_size
+    except (HeaderError, OSError):
+        return False
+    end = 0
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(tensor["data_offsets"][1]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False
+    return size == 8 + length + end
 
 
 def inspect(path: Path) -> ModelInfo:

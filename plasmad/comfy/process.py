@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from plasmad.comfy.client import ComfyClient
+from plasmad.core import processes
 from plasmad.core.errors import ErrorCode, PlasmaError
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,6 @@ def describe_exit(code: int | None) -> str:
         hint = ", often a sign of running out of memory" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit {code}"
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # macOS: EPERM for a zombie group
-        os.killpg(pgid, sig)
 
 
 def _alive(pid: int) -> bool:
@@ -258,15 +254,14 @@ class ManagedComfyUI:
         return pid if "main.py" in command and f"--port {port}" in command else None
 
     async def _stop_orphan(self, pid: int) -> None:
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout_s
-        while await self._answers() or _alive(pid):
-            if time.monotonic() > deadline:
-                _signal_group(pid, signal.SIGKILL)
-                deadline = time.monotonic() + self.stop_timeout_s  # then the port must come free
-                if not _alive(pid) and not await self._answers():
-                    break
-            await asyncio.sleep(0.2)
+        async def gone() -> bool:
+            return not await self._answers() and not _alive(pid)
+
+        ended = processes.polled(gone, 0.2)
+        killed = await processes.stop_groups([pid], ended, self.stop_timeout_s)
+        # Then the port must come free: SIGKILL again each stop_timeout_s until it is.
+        while killed and not await ended(self.stop_timeout_s):
+            processes.signal_group(pid, signal.SIGKILL)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         await asyncio.to_thread(_rotate, self.log_path)
@@ -324,7 +319,7 @@ class ManagedComfyUI:
             finally:
                 stopping.cancel()
             # Leftovers of its group (a worker that outlived the leader) would hold the port.
-            _signal_group(proc.pid, signal.SIGKILL)
+            processes.signal_group(proc.pid, signal.SIGKILL)
             self._ready.clear()
             self.last_exit, self.last_exit_at = code, _now()
             self._exit.set_result(code)
@@ -352,11 +347,8 @@ class ManagedComfyUI:
 
     async def _terminate(self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]) -> None:
         self.state = "stopping"
-        _signal_group(proc.pid, signal.SIGTERM)
-        done, _ = await asyncio.wait({exited}, timeout=self.stop_timeout_s)
-        if not done:
+        if await processes.stop_groups([proc.pid], processes.tasks_done([exited]), self.stop_timeout_s):
             log.warning("ComfyUI ignored SIGTERM for %.0f s: killing its process group", self.stop_timeout_s)
-            _signal_group(proc.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
         """TERM the child's process group, wait, then KILL it; the supervisor ends."""

@@ -57,9 +57,15 @@ def replace_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_new(path: Path, write: Callable[[BinaryIO], object]) -> bool:
+    """Create `path` with what `write` writes into it, only if nothing is there yet; False if
+    something is. For files written piece by piece (a LoRA rewritten header first)."""
+    return _publish_new(_temp_beside(path, write), path)
+
+
 def create_new(path: Path, data: bytes) -> bool:
     """Create `path` with `data` only if nothing is there yet; False if something is."""
-    return _publish_new(_temp_beside(path, lambda f: f.write(data)), path)
+    return write_new(path, lambda f: f.write(data))
 
 
 def same_content(path: Path, data: bytes) -> bool:
@@ -72,8 +78,7 @@ def same_content(path: Path, data: bytes) -> bool:
 def copy_new(src: Path, path: Path) -> bool:
     """create_new for a file too big to hold in memory (a LoRA): streamed, then linked into place."""
     with src.open("rb") as f:
-        tmp = _temp_beside(path, lambda out: shutil.copyfileobj(f, out, 1024 * 1024))
-    return _publish_new(tmp, path)
+        return write_new(path, lambda out: shutil.copyfileobj(f, out, 1024 * 1024))
 
 
 def same_file_content(a: Path, b: Path) -> bool:

@@ -1,10 +1,10 @@
-"""The one small interface behind which LoRA trainers sit: kohya's sd-scripts (`trainer_kohya`) and
-ComfyUI's own training nodes (`trainer_comfy`).
+"""The one small interface behind which LoRA trainers sit: kohya's sd-scripts (`kohya.backend`) and
+ComfyUI's own training nodes (`comfy_trainer.backend`).
 
 A backend is asked two things: `prepare` at submission (seconds: can it train this here, with which
 settings, and what should the artist be warned about) and `run` under the GPU lock (hours: train,
 announcing progress and each checkpoint, until it ends or `stop` is set). It never raises for a
-trainer that failed: it says how the run ended as a `kohya.Outcome`, the one vocabulary both backends
+trainer that failed: it says how the run ended as an `Outcome`, the one vocabulary both backends
 share (succeeded / no_data / out_of_memory / cancelled / failed). `abandon` cleans up after a daemon
 that died mid-training (a trainer still running, staged files).
 
@@ -18,11 +18,27 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
-from plasmad.training.kohya import Outcome
+from plasmad.core.errors import ErrorCode, PlasmaError
 
-__all__ = ["Outcome", "Prepared", "TrainEvents", "TrainProgress", "TrainSpec", "TrainerBackend"]
+OutcomeKind: TypeAlias = Literal["succeeded", "no_data", "out_of_memory", "cancelled", "failed"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, for people: what happened, and what to do about it."""
+
+    kind: OutcomeKind
+    reason: str
+    advice: str | None = None
+
+    def as_error(self) -> PlasmaError | None:
+        """The error to show for a training that ended without a LoRA; None when there is none."""
+        if self.kind in ("succeeded", "cancelled"):
+            return None
+        code = ErrorCode.OUT_OF_MEMORY if self.kind == "out_of_memory" else ErrorCode.TRAINING_FAILED
+        return PlasmaError(code, self.reason, details={"outcome": self.kind, "advice": self.advice})
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class TrainPlan:
 
 async def validate_train(req: TrainRequest, cfg: Config) -> TrainPlan:
     """The hardware limits first (cheap, and GEN-06 wants them refused at the API), then the dataset
-    gate and the base checkpoint. Which trainer runs it is checked by plasmad.training.service."""
+    gate and the base checkpoint. Which trainer runs it is checked by plasmad.training.ops."""
     check_batch_size(req.batch_size)
     check_train_resolution(req.resolution)
     check_output_name(req.output_name)

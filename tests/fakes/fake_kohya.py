@@ -5,8 +5,9 @@ It writes the bytes the real program wrote (shared/fixtures/kohya/<case>/stdout.
 stderr.log) in small chunks split anywhere (mid-line, mid-UTF-8 character), interleaving the two
 streams the way the real run did (a checkpoint line after the bar reached its step), creates the
 files the real run left in --output_dir (tiny but valid .safetensors), and exits with the real
-exit code. It accepts the argv of `plasmad.training.kohya.build_command(..., use_accelerate=False)` and
-reads only --output_dir and --output_name from it.
+exit code. It accepts the argv of
+`plasmad.training.kohya.command.build_command(..., use_accelerate=False)` and reads only
+--output_dir and --output_name from it.
 
 Environment:
   FAKE_KOHYA_CASE         success | no_data | sigkill | bad_checkpoint | cpu_oom (default success)

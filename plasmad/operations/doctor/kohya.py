@@ -11,7 +11,7 @@ from pathlib import Path
 
 from plasmad.core.config import Config
 from plasmad.operations.doctor.report import Report
-from plasmad.training import kohya
+from plasmad.training.kohya import preflight as kohya
 
 PROBE_TIMEOUT_S = 45.0  #: kohya's probe imports torch; below plasmactl's 60 s socket timeout
 RECOMMENDED_KOHYA_PYTHON = (3, 11)
@@ -21,7 +21,7 @@ REQ = "INFRA-03"
 
 
 def _version(text: str | None) -> tuple[int, ...]:
-    return kohya._version_tuple(text or "0")
+    return kohya.version_tuple(text or "0")
 
 
 async def kohya_preflight(cfg: Config) -> kohya.PreflightReport | None:

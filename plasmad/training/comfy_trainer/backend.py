@@ -28,51 +28,45 @@ What the nodes allow, and what this does about it (measured on 0.3.75):
 - Progress comes from the WebSocket `progress` events (one per step); the loss is not reported by
   any node, so the status has none for this backend.
 
-SaveLoRA writes `diffusion_model.<ldm path>.lora_up.weight`-style keys into ComfyUI's output folder.
-Each checkpoint is rewritten into kohya's layout (`lora_unet_<ldm path>.lora_down.weight`, `.alpha`,
-conv layers as kohya shapes them, kohya's `ss_*` metadata) by renaming the header only: the tensor
-bytes are copied as they are. ComfyUI's LoraLoader loads it with every key matched. sd-scripts
-itself names UNet modules the diffusers way, so its own tools would not resume from this file.
+SaveLoRA's files are rewritten in kohya's layout (`convert`), so checkpoints look the same whichever
+backend trained; the files it stages in ComfyUI's folders are `staging`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import re
 import secrets
-import shutil
-import struct
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
-
-from plasmad import dataset
-from plasmad.comfy import modelfiles
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.templates import Template, TemplateError, load_template
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_configured
-from plasmad.training import kohya
 from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
+from plasmad.training.comfy_trainer.convert import kohya_metadata, to_kohya, unet_shapes
+from plasmad.training.comfy_trainer.staging import (
+    OWN_FOLDER,
+    comfy_folders,
+    keep_for_next_chunk,
+    remove_folders,
+    saved_file,
+    stage_dataset,
+)
+from plasmad.training.kohya.outcome import OOM_ADVICE
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "train-lora-comfy"
-OWN_FOLDER = "plasma-train"  #: under ComfyUI's input/, output/ and models/loras/: plasmad's own
 NODES = ("TrainLoraNode", "SaveLoRA", "LoadImageTextDataSetFromFolder", "MakeTrainingDataset")
 # A guard against a silent hang, not a limit: far above any step time seen (CPU, 512 px).
 CHUNK_TIMEOUT_PER_STEP_S = 300.0
 CHUNK_TIMEOUT_BASE_S = 1800.0
 _OOM_RE = re.compile(r"out of memory|OutOfMemoryError|Cannot allocate memory", re.IGNORECASE)
-_SUFFIXES = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "alpha", "diff_b", "diff")
-_UNET = "diffusion_model."
 
 
 def chunk_ends(total: int, every: int) -> list[int]:
@@ -150,7 +144,7 @@ class ComfyTrainer:
         try:
             return await self._run(spec, events, stop, folders, logger)
         finally:
-            await asyncio.to_thread(_remove_folders, folders)
+            await asyncio.to_thread(remove_folders, folders)
             await logger.close()
 
     async def _run(
@@ -164,57 +158,49 @@ class ComfyTrainer:
         template = await self._template()
         staged = await asyncio.to_thread(stage_dataset, spec, folders["input"])
         logger.line(f"staged {staged} images at {spec.resolution} px in {folders['input']}")
-        shapes = await asyncio.to_thread(_unet_shapes, spec.checkpoint_path)
+        shapes = await asyncio.to_thread(unet_shapes, spec.checkpoint_path)
         ends = chunk_ends(spec.steps, spec.save_every)
         meter = _StepMeter(spec.steps)
         existing, done = "[None]", 0
         for number, end in enumerate(ends, 1):
             if stop.is_set():
                 return _cancelled(done, spec.steps)
-            steps = end - done
             prefix = f"{OWN_FOLDER}/{spec.training_id}/{spec.output_name}-{end:08d}-{secrets.token_hex(3)}"
-            graph = template.fill(
-                {
-                    "checkpoint_name": spec.checkpoint,
-                    "dataset_folder": f"{OWN_FOLDER}/{spec.training_id}",
-                    "steps": steps,
-                    "learning_rate": spec.learning_rate,
-                    "rank": spec.network_dim,
-                    "seed": spec.seed + number - 1,  # a new noise stream per chunk, reproducibly
-                    "training_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
-                    "lora_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
-                    "existing_lora": existing,
-                    "filename_prefix": prefix,
-                }
-            )
+            graph = self._chunk_graph(template, spec, number, end - done, existing, prefix)
             prompt_id = str(uuid.uuid4())
             await events.started({"promptId": prompt_id})
             logger.line(f"chunk {number}/{len(ends)}: steps {done + 1}-{end} (ComfyUI prompt {prompt_id})")
-            failed = await self._run_chunk(graph, prompt_id, steps, done, meter, events, stop)
+            failed = await self._run_chunk(graph, prompt_id, end - done, done, meter, events, stop)
             if failed is not None:
                 logger.line(f"chunk {number} ended: {failed.kind}: {failed.reason}")
                 return failed
-            native = await asyncio.to_thread(_saved_file, folders["output"].parent.parent, prefix)
+            native = await asyncio.to_thread(saved_file, folders["output"].parent.parent, prefix)
             if native is None:
                 reason = f"SaveLoRA wrote no file under {folders['output']} for chunk {number}"
                 logger.line(reason)
                 return Outcome("failed", reason, "Check ComfyUI's log; is its output folder elsewhere?")
-            metadata = _metadata(spec, end)
-            if saves_step_file(end, spec.steps, spec.save_every):
-                path = spec.output_dir / f"{spec.output_name}-step{end:08d}.safetensors"
-                await asyncio.to_thread(to_kohya, native, path, shapes, metadata)
-                logger.line(f"saving checkpoint: {path}")
-                await events.checkpoint(end, path)
-            if end == spec.steps:
-                final = spec.output_dir / f"{spec.output_name}.safetensors"
-                await asyncio.to_thread(to_kohya, native, final, shapes, metadata)
-                logger.line(f"saving checkpoint: {final}")
-                await events.checkpoint(None, final)
-            else:
-                existing = await asyncio.to_thread(_keep_for_next_chunk, native, folders["loras"], spec, end)
-            await asyncio.to_thread(native.unlink, missing_ok=True)
+            existing = await _save_chunk(spec, native, end, shapes, folders, logger, events)
             done = end
         return Outcome("succeeded", "ComfyUI's trainer wrote the final LoRA")
+
+    def _chunk_graph(
+        self, template: Template, spec: TrainSpec, number: int, steps: int, existing: str, prefix: str
+    ) -> dict[str, Any]:
+        """The graph of chunk `number`: `steps` more steps, from the LoRA `existing` ("[None]": new)."""
+        return template.fill(
+            {
+                "checkpoint_name": spec.checkpoint,
+                "dataset_folder": f"{OWN_FOLDER}/{spec.training_id}",
+                "steps": steps,
+                "learning_rate": spec.learning_rate,
+                "rank": spec.network_dim,
+                "seed": spec.seed + number - 1,  # a new noise stream per chunk, reproducibly
+                "training_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
+                "lora_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
+                "existing_lora": existing,
+                "filename_prefix": prefix,
+            }
+        )
 
     async def _run_chunk(
         self,
@@ -265,12 +251,7 @@ class ComfyTrainer:
             argv = [str(a) for a in (await self._comfy.system_stats()).get("system", {}).get("argv", [])]
         except PlasmaError:
             pass  # ComfyUI's absence is reported by the first prompt
-        base = _flag(argv, "--base-directory", root, root)
-        return {
-            "input": _flag(argv, "--input-directory", base / "input", root) / OWN_FOLDER / training_id,
-            "output": _flag(argv, "--output-directory", base / "output", root) / OWN_FOLDER / training_id,
-            "loras": root / "models" / "loras" / OWN_FOLDER / training_id,
-        }
+        return comfy_folders(argv, root, training_id)
 
     async def abandon(self, spec: TrainSpec, state: dict[str, Any]) -> None:
         """The daemon died mid-chunk: the prompt may still run in ComfyUI. Stop it, drop our files."""
@@ -283,24 +264,36 @@ class ComfyTrainer:
         folders = state.get("comfyFolders")
         if isinstance(folders, dict):
             paths = {k: Path(v) for k, v in folders.items() if isinstance(v, str)}
-            await asyncio.to_thread(_remove_folders, paths)
+            await asyncio.to_thread(remove_folders, paths)
 
 
-# --- helpers ---------------------------------------------------------------------------------------
-
-
-def _flag(argv: list[str], flag: str, default: Path, relative_to: Path) -> Path:
-    """The value of `--flag X` / `--flag=X` in ComfyUI's argv (relative: to its folder)."""
-    value: str | None = None
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    if value is None:
-        return default
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else relative_to / path
+async def _save_chunk(
+    spec: TrainSpec,
+    native: Path,
+    end: int,
+    shapes: dict[str, list[int]],
+    folders: dict[str, Path],
+    logger: _RunLog,
+    events: TrainEvents,
+) -> str:
+    """A chunk's LoRA, ending at step `end`, as kohya's checkpoint file(s); the name the next
+    chunk's `existing_lora` takes (none after the last chunk)."""
+    metadata = kohya_metadata(spec, end)
+    existing = ""
+    if saves_step_file(end, spec.steps, spec.save_every):
+        path = spec.output_dir / f"{spec.output_name}-step{end:08d}.safetensors"
+        await asyncio.to_thread(to_kohya, native, path, shapes, metadata)
+        logger.line(f"saving checkpoint: {path}")
+        await events.checkpoint(end, path)
+    if end == spec.steps:
+        final = spec.output_dir / f"{spec.output_name}.safetensors"
+        await asyncio.to_thread(to_kohya, native, final, shapes, metadata)
+        logger.line(f"saving checkpoint: {final}")
+        await events.checkpoint(None, final)
+    else:
+        existing = await asyncio.to_thread(keep_for_next_chunk, native, folders["loras"], spec, end)
+    await asyncio.to_thread(native.unlink, missing_ok=True)
+    return existing
 
 
 def _cancelled(done: int, total: int) -> Outcome:
@@ -309,12 +302,12 @@ def _cancelled(done: int, total: int) -> Outcome:
 
 def _failure(exc: PlasmaError) -> Outcome:
     if _OOM_RE.search(exc.message):
-        return Outcome("out_of_memory", f"out of memory: {exc.message}", kohya.OOM_ADVICE)
+        return Outcome("out_of_memory", f"out of memory: {exc.message}", OOM_ADVICE)
     if exc.code == ErrorCode.COMFYUI_UNAVAILABLE:
         return Outcome(
             "failed",
             f"ComfyUI stopped answering during the training: {exc.message}",
-            "If ComfyUI was killed, the system most likely ran out of memory: " + kohya.OOM_ADVICE,
+            "If ComfyUI was killed, the system most likely ran out of memory: " + OOM_ADVICE,
         )
     return Outcome("failed", exc.message, "See ComfyUI's log (and the training log) for the details.")
 
@@ -366,156 +359,3 @@ def _append(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(text)
-
-
-def _remove_folders(folders: dict[str, Path]) -> None:
-    for path in folders.values():
-        if path.parent.name != OWN_FOLDER:
-            continue  # only ever our own plasma-train/<id> folders
-        shutil.rmtree(path, ignore_errors=True)
-        try:
-            path.parent.rmdir()  # plasma-train/ itself, when no other training uses it
-        except OSError:
-            pass
-
-
-def stage_dataset(spec: TrainSpec, folder: Path) -> int:
-    """The training images and captions, at the training resolution, flat in `folder` (blocking).
-
-    kohya resizes while training; ComfyUI's dataset node takes images as they are, so they are
-    resized here. With a reg set, as many reg images as training images join, under their captions.
-    """
-    shutil.rmtree(folder, ignore_errors=True)  # a leftover of an earlier attempt of this training
-    folder.mkdir(parents=True)
-    images = sorted(p for p in spec.image_dir.iterdir() if p.suffix.lower() in dataset.KOHYA_IMAGE_EXTS)
-    count = 0
-    for path in images:
-        _stage_one(path, folder / f"{path.stem}.png", spec.resolution)
-        count += 1
-    if spec.reg_dir is not None:
-        reg = sorted(
-            p
-            for sub in sorted(spec.reg_dir.iterdir())
-            if sub.is_dir()
-            for p in sub.iterdir()
-            if p.suffix.lower() in dataset.KOHYA_IMAGE_EXTS
-        )
-        for path in reg[: len(images)]:
-            _stage_one(path, folder / f"reg-{path.parent.name}-{path.stem}.png", spec.resolution)
-            count += 1
-    return count
-
-
-def _stage_one(source: Path, target: Path, size: int) -> None:
-    caption = source.with_suffix(dataset.CAPTION_EXT).read_text(encoding="utf-8").strip().splitlines()
-    with Image.open(source) as im:
-        im.load()
-        picture = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
-    picture.save(target)
-    target.with_suffix(".txt").write_text(caption[0] if caption else "", encoding="utf-8")
-
-
-def _saved_file(output_root: Path, prefix: str) -> Path | None:
-    """SaveLoRA's file for `prefix` (it appends `_<counter>_.safetensors`), the newest if several."""
-    folder = output_root / Path(prefix).parent
-    stem = Path(prefix).name
-    found = sorted(folder.glob(f"{stem}_*_.safetensors"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def _keep_for_next_chunk(native: Path, folder: Path, spec: TrainSpec, end: int) -> str:
-    """Move the chunk's file into loras/plasma-train/<id>/ under the name TrainLoraNode parses
-    (`..._<steps>_steps_...`); the previous one goes. Returns the name the node's input takes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.safetensors"):
-        old.unlink()
-    target = folder / f"{spec.training_id}_{end}_steps_.safetensors"
-    shutil.copyfile(native, target)
-    return f"{OWN_FOLDER}/{spec.training_id}/{target.name}"
-
-
-def _unet_shapes(checkpoint: Path) -> dict[str, list[int]]:
-    """The UNet's weight shapes by LDM path (from the checkpoint's header; no tensor is read)."""
-    tensors, _ = modelfiles.read_header(checkpoint)
-    prefix = "model." + _UNET
-    return {
-        key[len(prefix) : -len(".weight")]: list(value["shape"])
-        for key, value in tensors.items()
-        if key.startswith(prefix) and key.endswith(".weight") and isinstance(value, dict)
-    }
-
-
-def _metadata(spec: TrainSpec, step: int) -> dict[str, str]:
-    return {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(spec.network_dim),
-        "ss_network_alpha": "1.0",  # what TrainLoraNode trains with (scale 1/rank)
-        "ss_base_model_version": "sd_v1",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.title": spec.output_name,
-        "ss_output_name": spec.output_name,
-        "ss_steps": str(step),
-        "ss_max_train_steps": str(spec.steps),
-        "ss_learning_rate": repr(spec.learning_rate),
-        "ss_resolution": f"({spec.resolution}, {spec.resolution})",
-        "ss_seed": str(spec.seed),
-        "ss_sd_model_name": spec.checkpoint,
-        "ss_training_comment": "trained by ComfyUI's TrainLoraNode, run by plasmad",
-        "plasma_trainer": "comfyui",
-        "plasma_training_id": spec.training_id,
-    }
-
-
-def kohya_key(key: str) -> tuple[str, str, str] | None:
-    """`diffusion_model.a.b.lora_up.weight` -> ("lora_unet_a_b.lora_up.weight", "a.b", "lora_up.weight")."""
-    if not key.startswith(_UNET):
-        return None
-    for suffix in _SUFFIXES:
-        if key.endswith("." + suffix):
-            path = key[len(_UNET) : -len(suffix) - 1]
-            return f"lora_unet_{path.replace('.', '_')}.{suffix}", path, suffix
-    return None
-
-
-def to_kohya(src: Path, dst: Path, unet_shapes: dict[str, list[int]], metadata: dict[str, str]) -> None:
-    """Rewrite a SaveLoRA file in kohya's layout at `dst` (blocking). Only the header changes: keys
-    renamed, conv LoRAs given kohya's 4-D shapes (the same bytes, row-major), metadata added."""
-    tensors, _ = modelfiles.read_header(src)
-    header: dict[str, Any] = {}
-    for key, entry in tensors.items():
-        renamed = kohya_key(key)
-        if renamed is None:
-            header[key] = entry
-            continue
-        new_key, path, suffix = renamed
-        entry = dict(entry)
-        base = unet_shapes.get(path)
-        shape = list(entry["shape"])
-        if base is not None and len(base) == 4 and len(shape) == 2:
-            out_ch, in_ch, kh, kw = base
-            if suffix == "lora_down.weight" and shape[1] == in_ch * kh * kw:
-                entry["shape"] = [shape[0], in_ch, kh, kw]
-            elif suffix == "lora_up.weight" and shape[0] == out_ch:
-                entry["shape"] = [shape[0], shape[1], 1, 1]
-        header[new_key] = entry
-    header["__metadata__"] = metadata
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as f:
-            (old_len,) = struct.unpack("<Q", f.read(8))
-            f.seek(8 + old_len)
-            out.write(struct.pack("<Q", len(blob)) + blob)
-            shutil.copyfileobj(f, out, 1024 * 1024)  # the tensors, byte for byte, never all in memory
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        # A training's own folder: each name is written once (link(2) refuses an existing name).
-        os.link(tmp, dst)
-    except FileExistsError:
-        raise PlasmaError(ErrorCode.CONFLICT, f"{dst} exists already; not overwritten") from None
-    finally:
-        tmp.unlink(missing_ok=True)
