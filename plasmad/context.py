@@ -20,6 +20,7 @@ from plasmad.comfy.process import ManagedComfyUI
 from plasmad.comfy.templates import TemplateSet
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
+from plasmad.core.events import EventBus
 from plasmad.core.gpu_lock import GpuLock
 from plasmad.core.job_queue import JobQueue
 from plasmad.core.jobs import Destination
@@ -45,6 +46,11 @@ class Core:
     accepting: bool = True  #: False once the daemon is stopping: no new work
     _submit_generation: SubmitGeneration | None = field(default=None, repr=False)
 
+    @property
+    def events(self) -> EventBus:
+        """What happens to jobs, trainings and ComfyUI, for `GET /events` and the board."""
+        return self.queue.events
+
     def check_accepting(self) -> None:
         if not self.accepting:
             raise PlasmaError(ErrorCode.SHUTTING_DOWN, "plasmad is shutting down and takes no new work")
@@ -53,6 +59,7 @@ class Core:
         """The daemon is stopping: refuse new work, and end the long polls now rather than later."""
         self.accepting = False
         self.queue.wake_waiters()
+        self.events.close()
 
     def provide_generations(self, submit: SubmitGeneration) -> None:
         """Called once by the generation feature when the daemon is built."""

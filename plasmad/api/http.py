@@ -8,15 +8,19 @@ every PlasmaError into its HTTP status and `{"error": {...}}` body.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
 
 from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
 
 from plasmad.api.service import Service
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid
+from plasmad.core.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +185,30 @@ async def promote_lora(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def events(request: web.Request) -> web.StreamResponse:
+    """`GET /events`: Server-Sent Events, each `event: <type>`, `id: <boot>-<n>`, JSON data.
+
+    A client that reconnects with `Last-Event-ID` (browsers do it by themselves) first gets every
+    newer event still kept. The stream ends when the client goes or the daemon stops."""
+    bus = _svc(request).core.events
+    async with sse_response(request) as resp:
+        pump = asyncio.create_task(_pump(resp, bus.follow(resp.last_event_id)))
+        gone = asyncio.create_task(resp.wait())  # its pings fail once the client has gone
+        try:
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, gone):
+                task.cancel()
+            await asyncio.gather(pump, gone, return_exceptions=True)
+    return resp
+
+
+async def _pump(resp: EventSourceResponse, events: AsyncIterator[Event]) -> None:
+    async for event in events:
+        body = {"id": event.id, "type": event.type, "at": event.at, **event.data}
+        await resp.send(json.dumps(body), id=event.id, event=event.type)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/health", health),
@@ -204,6 +232,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/bench", bench_results),
         web.get("/logs", daemon_log),
         web.get("/jobs/{id}/log", job_log),
+        web.get("/events", events),
     ]
 
 

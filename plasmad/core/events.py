@@ -44,6 +44,13 @@ class EventBus:
         self._ring: deque[Event] = deque(maxlen=keep)
         self._numbers = itertools.count(1)
         self._changed = asyncio.Event()  #: replaced by a fresh one after each publish
+        self.closed = False
+
+    def close(self) -> None:
+        """The daemon is stopping: every `follow` ends (its followers reconnect to the next one)."""
+        self.closed = True
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def publish(self, type: str, **data: Any) -> Event:
         event = Event(f"{self.boot}-{next(self._numbers)}", type, data)
@@ -69,7 +76,7 @@ class EventBus:
     async def follow(self, last_id: str | None = None) -> AsyncIterator[Event]:
         """Every event after `last_id` still kept, then each new one as it is published."""
         after = self._after(last_id)
-        while True:
+        while not self.closed:
             changed = self._changed  # taken before reading the ring: no publish can slip between
             pending = [e for e in self._ring if e.seq > after]
             for event in pending:

@@ -12,9 +12,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.core.events import EventBus
 from plasmad.core.gpu_lock import GpuLock
 from plasmad.core.job_logs import job_context
 from plasmad.core.states import JobKind, JobStatus
@@ -45,9 +46,18 @@ class Handler(Protocol):
 
 
 class JobQueue:
-    def __init__(self, store: JobStore, gpu: GpuLock, handlers: dict[JobKind, Handler] | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        gpu: GpuLock,
+        handlers: dict[JobKind, Handler] | None = None,
+        events: EventBus | None = None,
+    ) -> None:
         self._store = store
         self.gpu = gpu
+        self.events = (
+            events or EventBus()
+        )  #: job.queued / started / progress / succeeded / failed / cancelled
         self._handlers = dict(handlers or {})
         self._wake = asyncio.Event()
         self._ended = asyncio.Event()  #: replaced by a fresh one each time a job ends
@@ -84,8 +94,20 @@ class JobQueue:
     def start(self) -> None:
         self._task = asyncio.create_task(self._worker(), name="job-worker")
 
+    async def add(self, job: Job) -> Job:
+        """Store a new queued job and wake the worker."""
+        await self._store.add(job)
+        self.events.publish("job.queued", job=job.id, kind=job.kind.value)
+        self._wake.set()
+        return job
+
     def notify(self) -> None:
         self._wake.set()
+
+    def _ended_event(self, job: Job, status: JobStatus, error: dict[str, Any] | None = None) -> None:
+        self.events.publish(
+            f"job.{status.value}", job=job.id, kind=job.kind.value, status=status.value, error=error
+        )
 
     def _announce_end(self) -> None:
         ended, self._ended = self._ended, asyncio.Event()
@@ -109,6 +131,7 @@ class JobQueue:
             if await self._store.set_status_if(
                 job.id, JobStatus.QUEUED, status=JobStatus.CANCELLED, finished_at=now()
             ):
+                self._ended_event(job, JobStatus.CANCELLED)
                 self._announce_end()
                 return await self._reload(job.id)
             job = await self._reload(job.id)  # the worker took it meanwhile
@@ -169,11 +192,13 @@ class JobQueue:
             return  # cancelled between the read and now
         job = await self._reload(job.id)
         log.info("job %s started (%s, attempt %d, queued %s)", job.id, job.kind, job.attempts, job.created_at)
+        self.events.publish("job.started", job=job.id, kind=job.kind.value, attempt=job.attempts)
 
         async def report(step: int, total: int) -> None:
             # Progress lives in memory while the job runs (a write per sampler step would cost more
             # than the step on a small image); the last figure is stored when the job ends.
             job.step, job.total = step, total
+            self.events.publish("job.progress", job=job.id, kind=job.kind.value, step=step, total=total)
 
         ctx = RunContext(job=job, report=report)
         self._current = ctx
@@ -189,6 +214,7 @@ class JobQueue:
                 total=job.total,
             )
             log.info("job %s succeeded", job.id)
+            self._ended_event(job, JobStatus.SUCCEEDED)
         except asyncio.CancelledError:
             if not ctx.parked:
                 raise
@@ -199,10 +225,12 @@ class JobQueue:
                 job.id, status=status, error=exc.to_dict(), finished_at=now(), step=job.step, total=job.total
             )
             log.info("job %s %s: %s", job.id, status.value, exc.message)
+            self._ended_event(job, status, exc.to_dict())
         except Exception as exc:
             log.exception("job %s crashed", job.id)
             err = PlasmaError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
             await self._store.update(job.id, status=JobStatus.FAILED, error=err.to_dict(), finished_at=now())
+            self._ended_event(job, JobStatus.FAILED, err.to_dict())
         finally:
             self._current = None
             self._run_task = None

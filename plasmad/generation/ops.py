@@ -93,8 +93,7 @@ class GenerationOps:
             request=plan.request,
             result=state.dump(),
         )
-        await core.store.add(job)
-        core.queue.notify()
+        await core.queue.add(job)
         # `job_id`: this line opens the job's own log too (plasmad.core.job_logs).
         log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed, extra={"job_id": job.id})
         return job
