@@ -191,9 +191,7 @@ class Rig:
         self.queue = JobQueue(store, self.gpu, handlers)
 
     async def add(self, **request: Any) -> Job:
-        job = await self.store.add(new_job(**request))
-        self.queue.notify()
-        return job
+        return await self.queue.add(new_job(**request))
 
     async def status(self, job: Job) -> JobStatus:
         loaded = await self.store.get(job.id)

@@ -101,9 +101,6 @@ class JobQueue:
         self._wake.set()
         return job
 
-    def notify(self) -> None:
-        self._wake.set()
-
     def _ended_event(self, job: Job, status: JobStatus, error: dict[str, Any] | None = None) -> None:
         self.events.publish(
             f"job.{status.value}", job=job.id, kind=job.kind.value, status=status.value, error=error
@@ -167,7 +164,7 @@ class JobQueue:
 
     async def _worker(self) -> None:
         while not self._stopping:
-            # Cleared before the store is asked, not after: a notify() or stop() that lands while
+            # Cleared before the store is asked, not after: an add() or stop() that lands while
             # next_queued() runs in its thread must still wake the wait below.
             self._wake.clear()
             job = await self._store.next_queued()

@@ -92,8 +92,7 @@ class TrainingOps:
         state.store_in(job)
         async with self._lock:
             await self._refuse_second()
-            await self._core.store.add(job)
-        self._core.queue.notify()
+            await self._core.queue.add(job)
         log.info("training %s queued (%s, %d steps, %s)", job.id, name, req.steps, plan.dataset_dir)
         for warning in state.warnings:
             log.warning("training %s: %s", job.id, warning)
