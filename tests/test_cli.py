@@ -41,9 +41,13 @@ def test_no_daemon_exits_3_with_one_line() -> None:
                  ["--socket", "/nonexistent", "jobs", "--json"]):
         result = run_cli(args)
         assert result.exit_code == int(Exit.NO_DAEMON) == 3
-        assert result.stdout == ""
         [line] = result.stderr.splitlines()
         assert line.startswith("plasmactl: plasmad is not running") and "/nonexistent" in line
+        if "--json" in args:  # scripts get the error as JSON on stdout, with the exit code
+            error = json.loads(result.stdout)["error"]
+            assert error == {"name": "no_daemon", "exit": 3, "message": line.removeprefix("plasmactl: ")}
+        else:
+            assert result.stdout == ""
 
 
 @pytest.fixture
