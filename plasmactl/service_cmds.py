@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import math
 import os
-import plistlib
 import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import click
 
@@ -103,6 +101,9 @@ def build_spec(env: Mapping[str, str]) -> ServiceSpec:
 
 
 def render_launchd(spec: ServiceSpec, template: Path | None = None) -> bytes:
+    import plistlib
+    from xml.sax.saxutils import escape  # urllib, http, email: ~25 ms that --help need not pay
+
     text = (template or TEMPLATES / LAUNCHD_TEMPLATE).read_text(encoding="utf-8")
     for key, value in (
         ("@LABEL@", LABEL),
