@@ -61,17 +61,19 @@ class JobOps:
                 job = await self._stored(job_id)
             return await self.view(job)
         place = await self._core.waiting_for(job) if job.status == JobStatus.QUEUED else None
-        while job.status not in FINISHED_STATES and self._core.accepting and self._step(job) == seen:
+        while True:
             if queue.moves != moves:  # a job started or ended since `job` was read: read it again
                 moves = queue.moves
                 job = await self._stored(job_id)
                 if job.status == JobStatus.QUEUED and await self._core.waiting_for(job) != place:
                     break  # its place in the queue changed
                 continue
+            # The running job's progress is read live by _step: no store read per step.
+            if job.status in FINISHED_STATES or not self._core.accepting or self._step(job) != seen:
+                break
             left = deadline - loop.time()
             if left <= 0:
                 break
-            # The running job's progress is read live by _step: no store read per step.
             await queue.job_changed(left)
         return await self.view(job)
 
