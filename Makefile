@@ -5,7 +5,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup comfyui demo test lint bench clean-demo
+.PHONY: setup comfyui demo serve test lint bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ comfyui:
 
 demo: setup comfyui
 	scripts/demo.sh
+
+# plasmad in the foreground on the demo's ComfyUI (managed) and model, for plasmactl in another
+# terminal; Ctrl-C or `plasmactl shutdown` stops it.
+serve: setup comfyui
+	scripts/serve.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,28 +4,32 @@ suggest, build, add, repeats, check and sheet work on this machine's files throu
 `plasmad.dataset` directly: the dataset folder is the artist's own, and none of it needs ComfyUI or
 the GPU, so they work without a daemon. `reg` generates images, so it goes through plasmad's queue
 (`dataset_reg`) and then follows the jobs it queued.
+
+`plasmad.dataset` (Pillow, pydantic) is imported by the commands that use it, not here: `plasmactl
+--help` and the daemon's commands do not pay for it.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from plasmactl.cli import FINISHED, Ctl, cli, json_option
+from plasmactl.context import Ctl, json_option, pass_ctl
+from plasmactl.follow import StatusLine, follow
 from plasmactl.output import Exit, bar, emit_json, fail, fail_error
-from plasmad import dataset as ds
+from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError
+from plasmad.core.states import JobStatus
+
+if TYPE_CHECKING:
+    from plasmad.dataset import BuildResult
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
-pass_ctl = click.make_pass_decorator(Ctl)
 
 PathArg = click.Path(path_type=Path)
 FileArg = click.Path(path_type=Path, dir_okay=False)
@@ -35,7 +39,7 @@ def trigger_option(f: F) -> F:
     return click.option(
         "--trigger",
         envvar="PLASMA_TRIGGER_WORD",
-        default=ds.DEFAULT_TRIGGER,
+        default=Config.trigger_word,  # plasmad's own default, the one plasmad.dataset uses too
         show_default=True,
         help="Trigger word, first in every caption (env PLASMA_TRIGGER_WORD).",
     )(f)
@@ -54,8 +58,6 @@ def _local(ctl: Ctl, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except PlasmaError as err:
-        if ctl.json:
-            emit_json({"error": err.to_dict()})
         fail_error(err)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
@@ -67,7 +69,7 @@ def _warn(warnings: list[str]) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-@cli.group()
+@click.group()
 def dataset() -> None:
     """Prepare the LoRA's training set: crops, captions, flips, reg images, the check.
 
@@ -92,6 +94,8 @@ def suggest(ctl: Ctl, sheet: Path, out: Path | None) -> None:
     The figures are found on the sheet's plain background. The crops file it writes has a TODO
     pose for every crop: describe them (and keep, move or delete boxes), then `dataset build`.
     """
+    from plasmad import dataset as ds
+
     target = out if out is not None else ds.default_spec_path(sheet)
     suggestion = _local(ctl, ds.suggest_crops, sheet, target.parent)
     written = _local(ctl, ds.write_spec, suggestion.spec, target)
@@ -113,7 +117,7 @@ def suggest(ctl: Ctl, sheet: Path, out: Path | None) -> None:
     click.echo(f"next: describe each {ds.PLACEHOLDER} pose, then: plasmactl dataset build {written} DATASET")
 
 
-def _print_build(result: ds.BuildResult) -> None:
+def _print_build(result: BuildResult) -> None:
     _warn(result.warnings)
     was = "" if result.previous_repeats in (None, result.repeats) else f", was {result.previous_repeats}"
     per_epoch = result.images * result.repeats
@@ -141,6 +145,8 @@ def build(ctl: Ctl, crops: Path, dataset_dir: Path, repeats: int | None, trigger
 
     Running it again with the same file keeps every file; nothing is ever overwritten.
     """
+    from plasmad import dataset as ds
+
     result = _local(ctl, ds.build_from_sheet, crops, dataset_dir, trigger, repeats)
     ctl.show(result.to_dict(), lambda: _print_build(result))
 
@@ -173,6 +179,8 @@ def add(
     trigger: str,
 ) -> None:
     """Add one image from elsewhere (e.g. the old pipeline's output), normalised and captioned."""
+    from plasmad import dataset as ds
+
     if (caption is None) == (caption_file is None):
         fail("give the caption with --caption or --caption-file (one of them)", Exit.USAGE)
     if caption_file is not None:
@@ -197,6 +205,8 @@ def add(
 @pass_ctl
 def repeats(ctl: Ctl, dataset_dir: Path, repeats: int | None, trigger: str) -> None:
     """Rename the image folder for the images it holds now (after removing files by hand)."""
+    from plasmad import dataset as ds
+
     result = _local(ctl, ds.update_repeats, dataset_dir, trigger, repeats)
     ctl.show(result.to_dict(), lambda: _print_build(result))
 
@@ -213,6 +223,8 @@ def repeats(ctl: Ctl, dataset_dir: Path, repeats: int | None, trigger: str) -> N
 @pass_ctl
 def check(ctl: Ctl, dataset_dir: Path, reg_dir: Path | None, trigger: str) -> None:
     """The gate before training: prints a summary table; exits 9 when the dataset fails."""
+    from plasmad import dataset as ds
+
     report = _local(
         ctl, ds.check_dataset, dataset_dir, trigger,
         reg_data_dir=reg_dir, reg_required=True if reg_dir is not None else None,
@@ -232,6 +244,8 @@ def check(ctl: Ctl, dataset_dir: Path, reg_dir: Path | None, trigger: str) -> No
 @pass_ctl
 def sheet(ctl: Ctl, dataset_dir: Path, out: Path | None) -> None:
     """A contact sheet: one PNG with every image of the dataset and its caption."""
+    from plasmad import dataset as ds
+
     path = _local(ctl, ds.contact_sheet, dataset_dir, out)
     ctl.show({"sheet": str(path)}, str(path))
 
@@ -296,13 +310,13 @@ def reg(
     done, total, made = summary["present"], summary["count"], summary["generated"]
     ctl.show(summary, f"{summary['regDir']}: {done}/{total} reg images ({made} generated now, "
                       f"{summary['existing']} were there)")
-    bad = [j for j in summary["jobs"] if j["status"] != "succeeded"]
+    bad = [j for j in summary["jobs"] if j["status"] != JobStatus.SUCCEEDED]
     if bad:
         if not ctl.json:
             for j in bad:
                 click.echo(f"{Path(j['image']).name}: {j['status']}: {j.get('error') or ''}".rstrip(": "),
                            err=True)
-        all_cancelled = all(j["status"] == "cancelled" for j in bad)
+        all_cancelled = all(j["status"] == JobStatus.CANCELLED for j in bad)
         fail(f"{len(bad)} reg image(s) not made; run it again to retry them",
              Exit.CANCELLED if all_cancelled else Exit.JOB_FAILED)
 
@@ -321,43 +335,37 @@ def _interactive() -> bool:
 
 
 def _follow(ctl: Ctl, queued: dict[str, Any]) -> dict[str, Any]:
-    """Follow the reg jobs to the end (they run in queue order), with a done/total bar."""
+    """Follow the reg jobs to the end (they run in queue order, each through the one wait loop),
+    with a done/total bar."""
     total, done = int(queued["count"]), int(queued["existing"])
     show = not ctl.json
-    redraw = show and _interactive()
+    line = StatusLine(show and _interactive())
     results: list[dict[str, Any]] = []
     for entry in queued["jobs"]:
         name = Path(entry["image"]).name
-        last = ""
-        while True:
-            job: dict[str, Any] = ctl.call("status", id=entry["id"])
-            if job["status"] in FINISHED:
-                break
-            if redraw:
-                progress = job.get("progress")
-                now = f"step {progress['step']}/{progress['total']}" if progress else job["status"]
-                line = f"reg {bar(done, total)}  {name} {now}"
-                if line != last:
-                    click.echo("\r\033[K" + line, err=True, nl=False)
-                    last = line
-            time.sleep(0.25)
-        succeeded = job["status"] == "succeeded"
+
+        def redraw(job: dict[str, Any], name: str = name, done: int = done) -> None:
+            progress = job.get("progress")
+            now = f"step {progress['step']}/{progress['total']}" if progress else job["status"]
+            line.show(f"reg {bar(done, total)}  {name} {now}")
+
+        job = follow(ctl, entry["id"], redraw)
+        succeeded = job["status"] == JobStatus.SUCCEEDED
         done += succeeded
         results.append({
             "id": job["id"], "index": entry["index"], "image": entry["image"], "status": job["status"],
             "error": (job.get("error") or {}).get("message"),
         })
-        if redraw:
-            click.echo("\r\033[K", err=True, nl=False)
-        if show and not redraw:
+        line.erase()
+        if show and not line.enabled:
             click.echo(f"reg {bar(done, total)}  {name} {job['status']}", err=True)
-    if redraw:
+    if line.enabled:
         click.echo(f"reg {bar(done, total)}", err=True)
     return {
         "regDir": queued["regDir"],
         "count": total,
         "existing": queued["existing"],
-        "generated": sum(1 for r in results if r["status"] == "succeeded"),
+        "generated": sum(1 for r in results if r["status"] == JobStatus.SUCCEEDED),
         "present": done,
         "jobs": results,
     }

@@ -1,35 +1,76 @@
-"""Operating plasmad: `plasmactl doctor`, `plasmactl bench`, `plasmactl logs`.
+"""Operating plasmad: `plasmactl health`, `doctor`, `bench`, `logs`, `shutdown`.
 
 The daemon does the work (it has the configuration, ComfyUI and the queue); these commands render
-it. `doctor` alone also runs without a daemon: from this shell's settings, in this process.
+it. `doctor` alone also runs without a daemon: from this shell's settings, in this process (it
+imports the daemon's checks then, and only then: `plasmactl --help` stays light).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from typing import Any
 
 import click
 
-from plasmactl.cli import Ctl, _wait, cli, json_option
 from plasmactl.client import DaemonClient, DaemonUnavailable
+from plasmactl.context import Ctl, json_option, pass_ctl
+from plasmactl.follow import wait_job
 from plasmactl.output import Exit, emit_json, fail, fail_error, table
 from plasmad.core.config import ConfigError, load_config
 from plasmad.core.errors import PlasmaError
-from plasmad.operations import doctor as doctor_checks
-
-# Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
-pass_ctl = click.make_pass_decorator(Ctl)
+from plasmad.core.states import FINISHED_STATES
 
 _COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
+
+
+# --- health, shutdown -------------------------------------------------------------------------------
+
+
+@click.command()
+@json_option
+@pass_ctl
+def health(ctl: Ctl) -> None:
+    """Is ComfyUI up, on which device, and what holds the GPU. Exit 6 when ComfyUI does not answer."""
+    h = ctl.call("health")
+    ctl.show(h, lambda: _print_health(h))
+    if not h["comfyui"]:
+        error = (h.get("comfyuiInfo") or {}).get("error")
+        fail(f"ComfyUI does not answer{f' ({error})' if error else ''}", Exit.UNAVAILABLE)
+
+
+def _print_health(h: dict[str, Any]) -> None:
+    info = h.get("comfyuiInfo", {})
+    click.echo(f"plasmad:  ok ({h['queue']['queued']} queued, running: {h['queue']['running'] or '-'})")
+    if h["comfyui"]:
+        devices = ", ".join(f"{d['name']} ({d['type']})" for d in info.get("devices", []))
+        click.echo(f"ComfyUI:  ok {info.get('version')} at {info.get('url')} on {devices}")
+        click.echo(
+            f"mps:      {'yes' if h['mps'] else 'no'}; fp32 VAE: {'yes' if info.get('fp32Vae') else 'no'}"
+        )
+    else:
+        click.echo(f"ComfyUI:  DOWN ({info.get('error')})")
+    click.echo(f"GPU:      {h['gpu']['heldBy'] or 'free'}")
+    for warning in h.get("warnings", []):
+        click.echo(f"warning:  {warning}", err=True)
+
+
+@click.command()
+@json_option
+@pass_ctl
+def shutdown(ctl: Ctl) -> None:
+    """Stop plasmad (the same orderly stop as SIGTERM)."""
+    ctl.show(ctl.call("shutdown"), "plasmad is stopping")
 
 
 # --- doctor -----------------------------------------------------------------------------------------
 
 
 def _doctor_without_daemon(why: str) -> dict[str, Any]:
+    import asyncio
+
+    from plasmad.operations import doctor as doctor_checks  # aiohttp, pydantic: only when needed
+
     click.echo(f"plasmactl: {why}; checking from this shell's settings instead", err=True)
     first = doctor_checks.Check(
         "plasmad.running",
@@ -65,7 +106,7 @@ def _print_checks(report: dict[str, Any]) -> None:
     click.echo(f"\n{c['ok']} ok, {c['warn']} warn, {c['fail']} fail")
 
 
-@cli.command()
+@click.command()
 @json_option
 @pass_ctl
 def doctor(ctl: Ctl) -> None:
@@ -116,7 +157,7 @@ def _print_result(r: dict[str, Any]) -> None:
     )
 
 
-@cli.command()
+@click.command()
 @click.option("--width", type=int, help="Width (default 512: the bar's; other values are not judged).")
 @click.option("--height", type=int, help="Height (default 512).")
 @click.option("--steps", type=int, help="Sampler steps (default 20).")
@@ -164,7 +205,8 @@ def bench(
         click.echo(f"plasmactl: note: {started['note']}", err=True)
     if not ctl.json:
         click.echo(f"benchmark {started['id']}: job {started['jobId']} queued", err=True)
-    _wait(ctl, started["jobId"], None)
+    wait_job(ctl, started["jobId"])
+    # The daemon records the result just after the job ends (its own watcher): a moment at most.
     deadline = time.monotonic() + 30
     while (result := ctl.call("bench_results", id=started["id"]))["status"] == "running":
         if time.monotonic() > deadline:
@@ -180,7 +222,7 @@ def bench(
 # --- logs -------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.argument("job", required=False)
 @click.option("-n", "--lines", "lines", type=int, default=50, show_default=True, help="How many lines.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C stops).")
@@ -220,8 +262,7 @@ def logs(ctl: Ctl, job: str | None, lines: int, follow: bool) -> None:
             if (
                 is_job
                 and not more["lines"]
-                and ctl.call("status", id=job)["status"]
-                in ("succeeded", "failed", "cancelled", "interrupted")
+                and ctl.call("status", id=job)["status"] in FINISHED_STATES
             ):
                 return  # the job is over and its log has been read to the end
     except KeyboardInterrupt:

@@ -1,16 +1,27 @@
 """How plasmactl talks to people and machines: results to stdout, diagnostics to stderr,
-`--json` for scripts, one clear line and a distinct exit code for every failure."""
+`--json` for scripts, one clear line and a distinct exit code for every failure.
+
+Every failure is a `Failure` (raised by `fail` and `fail_error`; click's own usage errors are
+wrapped into one by the group, plasmactl.cli). Shown, it is one `plasmactl: ...` line on stderr
+(and the valid choices when the daemon listed them) and, under `--json`, a JSON error object on
+stdout, unless the command has already printed its JSON result (a failed job's view, a failed
+check's report): a command prints at most one JSON document.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from enum import IntEnum
 from typing import Any, NoReturn
 
 import click
 
 from plasmad.core.errors import ErrorCode, PlasmaError
+
+#: Keys of click's `Context.meta` (shared by a command's contexts): --json was given; a JSON
+#: document was printed on stdout.
+JSON_KEY = "plasmactl.json"
+EMITTED_KEY = "plasmactl.emitted"
 
 
 class Exit(IntEnum):
@@ -38,18 +49,62 @@ _BY_CODE = {
     ErrorCode.OUT_OF_MEMORY: Exit.JOB_FAILED,
 }
 
+#: How a list in an error's `details` is introduced; other lists go under their own key.
+_LIST_LABELS = {"choices": "valid", "valid": "valid", "nearest": "nearest", "suggestions": "nearest"}
+
+
+def _meta() -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta if ctx is not None else {}
+
+
+class Failure(click.ClickException):
+    """A failure with its exit code and, for --json, its error object."""
+
+    def __init__(self, message: str, code: Exit, error: dict[str, Any] | None = None,
+                 notes: list[str] | None = None, json_mode: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        setattr(self, "exit_code", int(code))  # noqa: B010  (click declares it a ClassVar; it is per failure here)
+        self.error = {**(error or {"name": code.name.lower(), "message": message}), "exit": int(code)}
+        self.notes = notes or []
+        # Read now, while the command's context is current: click shows the error after leaving it.
+        meta = _meta()
+        self.json = bool(meta.get(JSON_KEY)) if json_mode is None else json_mode
+        self.emitted = bool(meta.get(EMITTED_KEY))
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"plasmactl: {self.message}", err=True)
+        for note in self.notes:
+            click.echo(f"  {note}", err=True)
+        if self.json and not self.emitted:
+            click.echo(json.dumps({"error": self.error}, indent=2, ensure_ascii=False))
+
 
 def fail(message: str, code: Exit) -> NoReturn:
-    click.echo(f"plasmactl: {message}", err=True)
-    sys.exit(int(code))
+    raise Failure(message, code)
+
+
+def error_notes(details: Any) -> list[str]:
+    """The lists a refusal carries in `details` (valid samplers, nearest model names...), one line each."""
+    if not isinstance(details, dict):
+        return []
+    notes = []
+    for key, value in details.items():
+        if isinstance(value, list) and value and all(isinstance(v, str | int | float) for v in value):
+            notes.append(f"{_LIST_LABELS.get(key, key)}: {', '.join(str(v) for v in value)}")
+    return notes
 
 
 def fail_error(err: PlasmaError) -> NoReturn:
-    fail(err.message, _BY_CODE.get(err.code, Exit.INTERNAL))
+    raise Failure(err.message, _BY_CODE.get(err.code, Exit.INTERNAL), err.to_dict(), error_notes(err.details))
 
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[EMITTED_KEY] = True
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

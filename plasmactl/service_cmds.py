@@ -15,24 +15,17 @@ from __future__ import annotations
 
 import math
 import os
-import plistlib
 import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import click
 
-from plasmactl.cli import Ctl, cli, json_option
+from plasmactl.context import Ctl, json_option, pass_ctl
 from plasmactl.output import Exit, emit_json, fail
-from plasmad.comfy.process import STOP_TIMEOUT_S
 from plasmad.core.config import ConfigError, client_socket_path, load_config
-from plasmad.core.fsutil import create_new, replace_atomic
-
-# Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
-pass_ctl = click.make_pass_decorator(Ctl)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "systemd-launchd"
 LABEL = "org.plasma.plasmad"
@@ -95,6 +88,8 @@ def service_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def build_spec(env: Mapping[str, str]) -> ServiceSpec:
     """The service for this machine and these settings; ConfigError if plasmad would refuse them."""
+    from plasmad.comfy.process import STOP_TIMEOUT_S  # the ComfyUI client (aiohttp): only here
+
     cfg = load_config(env)
     return ServiceSpec(
         plasmad=plasmad_executable(),
@@ -106,6 +101,9 @@ def build_spec(env: Mapping[str, str]) -> ServiceSpec:
 
 
 def render_launchd(spec: ServiceSpec, template: Path | None = None) -> bytes:
+    import plistlib
+    from xml.sax.saxutils import escape  # urllib, http, email: ~25 ms that --help need not pay
+
     text = (template or TEMPLATES / LAUNCHD_TEMPLATE).read_text(encoding="utf-8")
     for key, value in (
         ("@LABEL@", LABEL),
@@ -187,6 +185,8 @@ def target(system: str, spec: ServiceSpec, env: Mapping[str, str]) -> Target:
 
 def install_file(path: Path, content: bytes, force: bool) -> str:
     """`written`, `replaced` or `unchanged`; FileExistsError if other content is there and not force."""
+    from plasmad.core.fsutil import create_new, replace_atomic
+
     if path.exists():
         if path.read_bytes() == content:
             return "unchanged"
@@ -199,7 +199,7 @@ def install_file(path: Path, content: bytes, force: bool) -> str:
     raise FileExistsError(path)  # it appeared meanwhile
 
 
-@cli.group()
+@click.group()
 def service() -> None:
     """Run plasmad at login: launchd on macOS, systemd --user on Linux."""
 

@@ -4,20 +4,15 @@ LoRA's training (LORA-01..03) through plasmad, which runs it under the GPU lock.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from plasmactl.cli import Ctl, cli, json_option
+from plasmactl.context import Ctl, json_option, pass_ctl
+from plasmactl.follow import StatusLine, follow, interactive
 from plasmactl.output import Exit, bar, emit_json, fail, table
-
-# Built here, not imported: plasmactl.cli imports this module, and mypy cannot type it across the cycle.
-pass_ctl = click.make_pass_decorator(Ctl)
-
-ACTIVE = ("queued", "running")
-POLL_S = 1.0
+from plasmad.core.states import ACTIVE_STATES, JobStatus
 
 
 def _duration(seconds: float | None) -> str:
@@ -66,43 +61,43 @@ def _print_training(t: dict[str, Any]) -> None:
         click.echo("last lines:")
         for line in t["logTail"][-8:]:
             click.echo(f"  {line}")
-    if t.get("reason") and t["status"] != "succeeded":
+    if t.get("reason") and t["status"] != JobStatus.SUCCEEDED:
         click.echo(f"reason:      {t['reason']}")
-    if t.get("advice") and t["status"] != "succeeded":
+    if t.get("advice") and t["status"] != JobStatus.SUCCEEDED:
         click.echo(f"advice:      {t['advice']}")
     for warning in t.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
 
 
 def _follow(ctl: Ctl, training_id: str) -> dict[str, Any]:
-    """Redraw the progress line on stderr until the training ends; the last status."""
-    show = sys.stderr.isatty() and not ctl.json
-    last = ""
-    while True:
-        t: dict[str, Any] = ctl.call("train_status", id=training_id)
-        if t["status"] not in ACTIVE:
-            if show and last:
-                click.echo("", err=True)
-            return t
-        line = progress_line(t)
-        if show and line != last:
-            click.echo("\r\033[K" + line, err=True, nl=False)
-            last = line
-        time.sleep(POLL_S)
+    """Follow the training to its end (the one wait loop: a training reports its steps like any
+    job), redrawing its progress line on a terminal at every step; its final status."""
+    line = StatusLine(interactive(ctl))
+
+    def redraw(_job: dict[str, Any]) -> None:
+        if line.enabled:  # the loss, the speed and the time left are in the training's own view
+            line.show(progress_line(ctl.call("train_status", id=training_id)))
+
+    try:
+        follow(ctl, training_id, redraw)
+    finally:
+        line.end()
+    t: dict[str, Any] = ctl.call("train_status", id=training_id)
+    return t
 
 
 def _end(ctl: Ctl, t: dict[str, Any]) -> None:
     """After following: the result, and the exit code of how the training ended."""
     ctl.show(t, lambda: _print_training(t))
-    if t["status"] == "succeeded":
+    if t["status"] == JobStatus.SUCCEEDED:
         return
     fail(
         f"training {t['id']} {t['status']}: {t.get('reason') or t['status']}",
-        Exit.CANCELLED if t["status"] == "cancelled" else Exit.JOB_FAILED,
+        Exit.CANCELLED if t["status"] == JobStatus.CANCELLED else Exit.JOB_FAILED,
     )
 
 
-@cli.command()
+@click.command()
 @click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--name", "output_name", required=True, help="The LoRA's name (its file name, no suffix).")
 @click.option("--steps", type=int, help="Training steps (default 1000; 800-1200 for 15-20 images).")
@@ -155,7 +150,7 @@ def train(ctl: Ctl, /, dataset_dir: Path, output_name: str, follow: bool, **opts
         click.echo(f"warning: {warning}", err=True)
 
 
-@cli.command("train-status")
+@click.command("train-status")
 @click.argument("training_id")
 @click.option("--once", is_flag=True, help="Print the status once, even while it runs.")
 @click.option(
@@ -172,16 +167,15 @@ def train_status(ctl: Ctl, training_id: str, once: bool, wait_for_it: bool) -> N
     if wait_for_it:
         _end(ctl, _follow(ctl, training_id))
         return
-    if t["status"] in ACTIVE and not once and not ctl.json and sys.stderr.isatty():
+    if t["status"] in ACTIVE_STATES and not once and interactive(ctl):
         try:
             t = _follow(ctl, training_id)
         except KeyboardInterrupt:
-            click.echo("", err=True)
             return
     ctl.show(t, lambda: _print_training(t))
 
 
-@cli.command("train-cancel")
+@click.command("train-cancel")
 @click.argument("training_id")
 @json_option
 @pass_ctl
@@ -192,7 +186,7 @@ def train_cancel(ctl: Ctl, training_id: str) -> None:
     ctl.show(t, f"{t['id']} {t['status']}; {len(kept)} checkpoint{'s' if len(kept) != 1 else ''} kept")
 
 
-@cli.command()
+@click.command()
 @json_option
 @pass_ctl
 def loras(ctl: Ctl) -> None:
@@ -227,7 +221,7 @@ def loras(ctl: Ctl) -> None:
         click.echo(f"warning: {answer['comfyuiError']}", err=True)
 
 
-@cli.group()
+@click.group()
 def lora() -> None:
     """Choose and publish a trained LoRA's checkpoint (LORA-02/03)."""
 
@@ -264,17 +258,8 @@ def lora_samples(ctl: Ctl, /, training_id: str, prompts: tuple[str, ...], no_wai
     if opts.get("width") is not None or opts.get("height") is not None:
         body["resolution"] = {k: opts[k] for k in ("width", "height") if opts.get(k) is not None}
     answer = ctl.call("lora_samples", id=training_id, **body)
-    show = sys.stderr.isatty() and not ctl.json
-    last = ""
-    while answer["state"] != "done" and not no_wait:
-        line = f"{training_id} samples {bar(answer['done'], answer['total'])}"
-        if show and line != last:
-            click.echo("\r\033[K" + line, err=True, nl=False)
-            last = line
-        time.sleep(POLL_S)
-        answer = ctl.call("lora_samples_status", id=training_id)
-    if show and last:
-        click.echo("", err=True)
+    if answer["state"] != "done" and not no_wait:
+        answer = _follow_samples(ctl, training_id, answer)
     ctl.show(
         answer,
         answer.get("sheet")
@@ -284,6 +269,22 @@ def lora_samples(ctl: Ctl, /, training_id: str, prompts: tuple[str, ...], no_wai
         click.echo(f"warning: sample {failure['job']} failed: {failure['error']}", err=True)
     if answer.get("failed") and answer["state"] == "done":
         sys.exit(int(Exit.JOB_FAILED))
+
+
+def _follow_samples(ctl: Ctl, training_id: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """Follow the sample jobs to their end (in queue order, through the one wait loop) with a
+    done/total bar; the answer once they all have (the contact sheet is drawn then)."""
+    line = StatusLine(interactive(ctl))
+    try:
+        for job_id in [j for row in answer["rows"] for j in row["jobs"]]:
+            line.show(f"{training_id} samples {bar(answer['done'], answer['total'])}")
+            follow(ctl, job_id)
+            answer = ctl.call("lora_samples_status", id=training_id)
+            if answer["state"] == "done":
+                break
+    finally:
+        line.end()
+    return answer
 
 
 @lora.command("promote")

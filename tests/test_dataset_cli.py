@@ -179,6 +179,15 @@ def test_add_and_trigger_errors_are_one_line(tmp_path: Path) -> None:
     assert not dataset.exists()
 
 
+def test_the_default_trigger_is_plasmads() -> None:
+    """The CLI's default (read from plasmad's config, so that `--help` need not import the dataset
+    library) is the one the library uses."""
+    from plasmad.core.config import Config
+
+    assert Config.trigger_word == ds.DEFAULT_TRIGGER
+    assert f"[default: {ds.DEFAULT_TRIGGER}]" in run_cli(["dataset", "check", "--help"]).stdout
+
+
 def test_trigger_word_from_the_environment(tmp_path: Path) -> None:
     dataset = tmp_path / "spyke"
     env = {"PLASMA_TRIGGER_WORD": "spyke_plasma_v2"}

@@ -111,7 +111,10 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    return web.json_response(await _svc(request).get_job(request.match_info["id"], request.query.get("wait")))
+    query = request.query
+    return web.json_response(
+        await _svc(request).get_job(request.match_info["id"], query.get("wait"), query.get("step"))
+    )
 
 
 async def get_job_workflow(request: web.Request) -> web.Response:

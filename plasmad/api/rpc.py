@@ -47,7 +47,7 @@ def build_methods(
         "health": lambda s, p: s.health(),
         "submit": lambda s, p: s.submit(p),
         "generate_page": lambda s, p: s.submit_page(p),
-        "status": lambda s, p: s.get_job(p.get("id"), p.get("wait")),
+        "status": lambda s, p: s.get_job(p.get("id"), p.get("wait"), p.get("step")),
         "jobs": lambda s, p: s.list_jobs(p),
         "cancel": lambda s, p: s.cancel_job(p.get("id")),
         "workflow": lambda s, p: s.job_workflow(p.get("id")),

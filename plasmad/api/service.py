@@ -49,8 +49,8 @@ class Service:
     async def submit_page(self, body: Any) -> dict[str, Any]:
         return await self.jobs.view(await self.generation.submit_page(body))
 
-    async def get_job(self, job_id: Any, wait: Any = None) -> dict[str, Any]:
-        return await self.jobs.get(job_id, wait)
+    async def get_job(self, job_id: Any, wait: Any = None, step: Any = None) -> dict[str, Any]:
+        return await self.jobs.get(job_id, wait, step)
 
     async def list_jobs(self, body: Any) -> list[dict[str, Any]]:
         return await self.jobs.list(body)

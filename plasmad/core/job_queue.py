@@ -61,6 +61,10 @@ class JobQueue:
         self._handlers = dict(handlers or {})
         self._wake = asyncio.Event()
         self._ended = asyncio.Event()  #: replaced by a fresh one each time a job ends
+        #: Replaced by a fresh one each time a job starts, reports progress or ends.
+        self._changed = asyncio.Event()
+        #: Jobs started and ended so far: a queued job's place in the queue changes only then.
+        self.moves = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._current: RunContext | None = None
@@ -106,12 +110,18 @@ class JobQueue:
             f"job.{status.value}", job=job.id, kind=job.kind.value, status=status.value, error=error
         )
 
+    def _announce_change(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     def _announce_end(self) -> None:
+        self.moves += 1
         ended, self._ended = self._ended, asyncio.Event()
         ended.set()
+        self._announce_change()
 
     def wake_waiters(self) -> None:
-        """End every `job_ended` wait now (the daemon is stopping)."""
+        """End every `job_ended` and `job_changed` wait now (the daemon is stopping)."""
         self._announce_end()
 
     async def job_ended(self, timeout: float) -> None:
@@ -122,6 +132,12 @@ class JobQueue:
         """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ended.wait(), timeout)
+
+    async def job_changed(self, timeout: float) -> None:
+        """Return when a job starts, the running job reports progress, or a job ends; or after
+        `timeout` seconds. For the long polls that follow a job's progress (`status` with `step`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
 
     async def cancel(self, job: Job) -> Job:
         if job.status == JobStatus.QUEUED:
@@ -193,12 +209,17 @@ class JobQueue:
 
         async def report(step: int, total: int) -> None:
             # Progress lives in memory while the job runs (a write per sampler step would cost more
-            # than the step on a small image); the last figure is stored when the job ends.
-            job.step, job.total = step, total
-            self.events.publish("job.progress", job=job.id, kind=job.kind.value, step=step, total=total)
+            # than the step on a small image); the last figure is stored when the job ends. The
+            # long polls that follow it are woken instead.
+            if (job.step, job.total) != (step, total):
+                job.step, job.total = step, total
+                self._announce_change()
+                self.events.publish("job.progress", job=job.id, kind=job.kind.value, step=step, total=total)
 
         ctx = RunContext(job=job, report=report)
         self._current = ctx
+        self.moves += 1
+        self._announce_change()
         self._run_task = asyncio.create_task(self._handlers[job.kind].run(ctx), name=f"job-{job.id}")
         try:
             result = await self._run_task

@@ -17,13 +17,31 @@ _PRIVATE_RESULT_KEYS = ("graph", "logExtra")
 MAX_WAIT_S = 60.0  #: longest long poll (GET /jobs/:id?wait=): below common HTTP client timeouts
 
 
+def _step_param(value: Any) -> int | None:
+    """`step` as a query string or JSON gives it: a whole number, -1 or more."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+        raise invalid("step", "must be the step last seen, a whole number (-1: the job was queued)")
+    return value
+
+
 class JobOps:
     def __init__(self, core: Core) -> None:
         self._core = core
 
-    async def get(self, job_id: Any, wait: Any = None) -> dict[str, Any]:
-        """A job; with `wait` (seconds, at most MAX_WAIT_S) once it has ended or the time is up."""
+    async def get(self, job_id: Any, wait: Any = None, step: Any = None) -> dict[str, Any]:
+        """A job; with `wait` (seconds, at most MAX_WAIT_S) once it has ended or the time is up.
+
+        With `step` too (the progress step the caller last saw; -1 for a job it saw queued), also
+        as soon as the job has moved on from it: a new step, started, or (queued) a new place in
+        the queue. A client follows a progress bar that way without polling on a timer."""
+        queue = self._core.queue
+        moves = queue.moves  # read before the job: a start or an end after it is seen below
         job = await self._stored(job_id)
+        seen = _step_param(step)
         if wait is None:
             return await self.view(job)
         try:
@@ -34,13 +52,37 @@ class JobOps:
             raise invalid("wait", f"must lie in 0-{MAX_WAIT_S:.0f} s")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while job.status not in FINISHED_STATES and self._core.accepting:
+        if seen is None:
+            while job.status not in FINISHED_STATES and self._core.accepting:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                await self._core.queue.job_ended(left)
+                job = await self._stored(job_id)
+            return await self.view(job)
+        place = await self._core.waiting_for(job) if job.status == JobStatus.QUEUED else None
+        while True:
+            if queue.moves != moves:  # a job started or ended since `job` was read: read it again
+                moves = queue.moves
+                job = await self._stored(job_id)
+                if job.status == JobStatus.QUEUED and await self._core.waiting_for(job) != place:
+                    break  # its place in the queue changed
+                continue
+            # The running job's progress is read live by _step: no store read per step.
+            if job.status in FINISHED_STATES or not self._core.accepting or self._step(job) != seen:
+                break
             left = deadline - loop.time()
             if left <= 0:
                 break
-            await self._core.queue.job_ended(left)
-            job = await self._stored(job_id)
+            await queue.job_changed(left)
         return await self.view(job)
+
+    def _step(self, job: Job) -> int:
+        """The step `get` compares with the caller's: -1 while queued, else the live progress."""
+        if job.status == JobStatus.QUEUED:
+            return -1
+        live = self._core.queue.live_progress(job.id)
+        return live[0] if live else (job.step or 0)
 
     async def _stored(self, job_id: Any) -> Job:
         job = await self._core.job(job_id)

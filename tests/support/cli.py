@@ -35,8 +35,11 @@ T = TypeVar("T")
 class DaemonThread:
     """plasmad's socket API and worker on their own event loop, in a background thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **cfg: Any) -> None:
+        """`cfg` overrides Config fields (tests/support/app.py's make_config), e.g. a dead
+        `comfyui_url` for a ComfyUI that does not answer."""
         self.root = root
+        self.overrides = cfg
         # AF_UNIX paths are capped near 104 bytes; pytest's tmp paths are long.
         self.run_dir = Path(tempfile.mkdtemp(prefix="plc-", dir="/tmp"))
         self.socket = self.run_dir / "s"
@@ -58,7 +61,7 @@ class DaemonThread:
 
     async def _start(self) -> None:
         self.fake, url = await self._exits.enter_async_context(fake_comfyui())
-        cfg = make_config(self.root, url, socket_path=self.socket)
+        cfg = make_config(self.root, **{"comfyui_url": url, "socket_path": self.socket, **self.overrides})
         self.stack = await self._exits.enter_async_context(service_stack(cfg))
         server = await start_rpc_server(bind_socket(self.socket), self.stack.service, build_methods())
 
