@@ -140,7 +140,9 @@ async def test_pages_route_reads_the_prompt_file(api: Api) -> None:
     await expect_error(await api.post("/pages", {"chapter": 2, "page": 4}), 404)
     prompt_file.write_bytes("Spyke s\u2019\u00e9lance".encode("cp1252"))  # an editor saving in Windows-1252
     await expect_error(await api.post("/pages", {"chapter": 2, "page": 3}), 400, "promptFile")
-    await expect_error(await api.post("/pages", {"chapter": 2, "page": 3, "steps": 0}), 400, "promptFile")
+    await expect_error(await api.post("/pages", {"chapter": 2, "page": 3, "steps": 5}), 400, "promptFile")
+    # The request is checked (PageRequest) before the disk is read.
+    await expect_error(await api.post("/pages", {"chapter": 2, "page": 3, "steps": 0}), 400, "steps")
     await expect_error(await api.post("/pages", {"chapter": "2", "page": 3}), 400, "chapter")
 
 

@@ -20,6 +20,7 @@ from plasmad.core.gpu_lock import GpuLock
 from plasmad.core.job_queue import JobQueue
 from plasmad.core.states import JobKind
 from plasmad.core.store import JobStore
+from plasmad.core.wire_views import BenchRecord, DoctorView, checked
 from plasmad.dataset.ops import DatasetOps
 from plasmad.generation.handler import GenerationHandler
 from plasmad.generation.ops import GenerationOps
@@ -71,11 +72,11 @@ class Service:
 
     async def doctor(self) -> dict[str, Any]:
         """Every INFRA requirement checked here, each ok / warn / fail with its fix."""
-        return await run_doctor(self.core.cfg, self.core.comfy, self.core.process)
+        return dict(checked(DoctorView, await run_doctor(self.core.cfg, self.core.comfy, self.core.process)))
 
     async def start_bench(self, body: Any) -> dict[str, Any]:
         record, job = await self.benchmarks.start(body)
-        return {**record, "status": "queued", "job": await self.jobs.view(job)}
+        return dict(checked(BenchRecord, {**record, "status": "queued", "job": await self.jobs.view(job)}))
 
     async def logs(self, body: Any) -> dict[str, Any]:
         """The daemon's log, a managed ComfyUI's, or one job's or training's."""

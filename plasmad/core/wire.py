@@ -39,6 +39,23 @@ class Resolution(WireModel):
 class GenerateRequest(WireModel):
     """POST /jobs, JSON-RPC `submit`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "spyke_plasma_v1, full body, rooftop",
+                    "negativePrompt": "blurry",
+                    "loraId": "spyke_plasma_v1.safetensors",
+                    "seed": 42,
+                    "steps": 20,
+                    "resolution": {"width": 512, "height": 768},
+                    "chapter": 1,
+                    "page": 1,
+                }
+            ]
+        }
+    )
+
     prompt: str = Field(min_length=1, max_length=8000)
     negative_prompt: str = Field(default="", max_length=8000)
     lora_id: str | None = None  #: a file in ComfyUI's models/loras, or None for the base model
@@ -81,6 +98,17 @@ class GenerateRequest(WireModel):
         raise ValueError("must be a ControlNet model file name")
 
 
+class PageRequest(GenerateRequest):
+    """POST /pages, JSON-RPC `generate_page`: a page from its prompt file
+    (`prompts/ch-XX/pNNN.txt`); any other field of a generation overrides the defaults."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"chapter": 1, "page": 1, "seed": 42}]})
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=8000)  # type: ignore[assignment]
+    chapter: int = Field(ge=1, le=999)  # type: ignore[assignment]
+    page: int = Field(ge=1, le=999)  # type: ignore[assignment]
+
+
 class DatasetRegRequest(WireModel):
     """POST /datasets/reg, JSON-RPC `dataset_reg`: the regularisation set of a dataset (DATA-03)."""
 
@@ -97,6 +125,12 @@ class DatasetRegRequest(WireModel):
 
 class TrainRequest(WireModel):
     """POST /loras/train, JSON-RPC `train`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"datasetDir": "/Users/me/datasets/spyke", "outputName": "spyke_plasma_v1"}]
+        }
+    )
 
     dataset_dir: str = Field(min_length=1)
     output_name: str = Field(min_length=1, max_length=100)
@@ -137,6 +171,18 @@ class PromoteRequest(WireModel):
     name: str | None = Field(default=None, min_length=1, max_length=100)  #: default: the outputName
 
 
+class TrainSamplesParams(TrainSamplesRequest):
+    """JSON-RPC `lora_samples`: the training's `id` and the body of POST /loras/:id/samples."""
+
+    id: str
+
+
+class PromoteParams(PromoteRequest):
+    """JSON-RPC `lora_promote`: the training's `id` and the body of POST /loras/:id/promote."""
+
+    id: str
+
+
 class ViewModel(BaseModel):
     """Responses: built in Python by field name, sent in camelCase."""
 
@@ -150,6 +196,28 @@ class Progress(ViewModel):
 
 class JobView(ViewModel):
     """What GET /jobs/:id answers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "j_3f2a9c1b7d4e",
+                    "kind": "generate",
+                    "status": "succeeded",
+                    "progress": {"step": 20, "total": 20},
+                    "createdAt": "2026-03-01T10:00:00.000Z",
+                    "startedAt": "2026-03-01T10:00:00.100Z",
+                    "finishedAt": "2026-03-01T10:00:45.000Z",
+                    "waitingFor": None,
+                    "error": None,
+                    "outputs": ["/Users/me/manga/pipeline/output/ch-01/raw/ch01_p001_v1.png"],
+                    "seed": 42,
+                    "request": {"prompt": "spyke_plasma_v1, full body, rooftop", "seed": 42},
+                    "result": {"template": "txt2img-lora", "width": 512, "height": 768},
+                }
+            ]
+        }
+    )
 
     id: str
     kind: JobKind
@@ -201,6 +269,31 @@ class TrainingView(ViewModel):
     finished_at: str | None = None
     request: dict[str, Any]
     samples: dict[str, Any] | None = None
+
+
+#: The longest long poll (GET /jobs/:id?wait=): below common HTTP client timeouts.
+MAX_WAIT_S = 60.0
+
+
+class JobWaitParams(QueryParams):
+    """GET /jobs/:id's query: a long poll."""
+
+    #: Seconds to wait for the job to end (at most MAX_WAIT_S); absent: answer now.
+    wait: float | None = Field(default=None, ge=0, le=MAX_WAIT_S, allow_inf_nan=False)
+    #: The progress step the caller last saw (-1: it saw the job queued): answer as soon as it moves.
+    step: int | None = Field(default=None, ge=-1)
+
+
+class IdParams(QueryParams):
+    """JSON-RPC methods on one job or training: `{id}`."""
+
+    id: str
+
+
+class StatusParams(JobWaitParams):
+    """JSON-RPC `status`: a job, now or after a long poll."""
+
+    id: str
 
 
 class ListJobsParams(QueryParams):

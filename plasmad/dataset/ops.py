@@ -24,6 +24,7 @@ from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.limits import REG_MAX_IMAGES, REG_MIN_IMAGES, check_size
 from plasmad.core.states import ACTIVE_STATES, JobKind
 from plasmad.core.wire import DatasetRegRequest, GenerateRequest, parse
+from plasmad.core.wire_views import RegView, checked
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class DatasetOps:
         ]
         if queued:
             log.info("reg set %s: %d image(s) queued, %d already queued", folder, len(queued), len(pending))
-        return {
+        answer = {
             "datasetDir": str(dataset_dir),
             "regDir": str(folder),
             "className": class_name,
@@ -109,6 +110,7 @@ class DatasetOps:
             "alreadyQueued": [p["id"] for p in pending],
             "jobs": sorted(jobs + pending, key=lambda j: int(j["index"])),
         }
+        return dict(checked(RegView, answer))
 
     async def _check_reg_request(self, req: DatasetRegRequest) -> tuple[Path, str, Path]:
         """The dataset folder, the class name and the reg folder; INVALID_INPUT (or NOT_CONFIGURED:

@@ -13,11 +13,12 @@ import secrets
 from typing import Any
 
 from plasmad.context import Core
-from plasmad.core.errors import invalid, not_found
+from plasmad.core.errors import not_found
 from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job
-from plasmad.core.wire import ApproveParams, GenerateRequest, parse
+from plasmad.core.wire import ApproveParams, GenerateRequest, PageRequest, parse
+from plasmad.core.wire_views import LogEntry, checked
 from plasmad.generation import controlnet, pipeline_files
 from plasmad.generation.validation import GenerationPlan, validate_generate
 
@@ -41,14 +42,9 @@ class GenerationOps:
     async def submit_page(self, body: Any) -> Job:
         """`plasmactl generate -c 1 --page 1`: the page's prompt file, plus any overrides, as a job."""
         self._core.check_accepting()
-        if not isinstance(body, dict):
-            raise invalid("body", "must be a JSON object")
-        for name in ("chapter", "page"):
-            value = body.get(name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise invalid(name, "a positive number is required")
+        page = parse(PageRequest, body)
         pipeline = self._core.cfg.require_pipeline_dir()
-        path = pipeline_files.prompt_file(pipeline, body["chapter"], body["page"])
+        path = pipeline_files.prompt_file(pipeline, page.chapter, page.page)
         if not await asyncio.to_thread(path.is_file):
             raise not_found(f"prompt file {path} (see README: page prompt files)")
         text = await asyncio.to_thread(pipeline_files.read_page_prompt, path)
@@ -56,7 +52,7 @@ class GenerationOps:
             "prompt": text.prompt,
             "negativePrompt": text.negative_prompt,
             "promptFile": str(path.relative_to(pipeline)),
-            **body,
+            **body,  # the overrides, as sent (PageRequest has checked them)
         }
         return await self.submit(request)
 
@@ -101,4 +97,5 @@ class GenerationOps:
     async def approve(self, body: Any) -> dict[str, Any]:
         params = parse(ApproveParams, body)
         pipeline = self._core.cfg.require_pipeline_dir()
-        return await asyncio.to_thread(pipeline_files.approve, pipeline, params.image, params.approved)
+        entry = await asyncio.to_thread(pipeline_files.approve, pipeline, params.image, params.approved)
+        return dict(checked(LogEntry, entry))

@@ -6,26 +6,14 @@ import asyncio
 from typing import Any
 
 from plasmad.context import Core
-from plasmad.core.errors import invalid
 from plasmad.core.states import FINISHED_STATES, JobStatus
 from plasmad.core.store import Job
-from plasmad.core.wire import JobView, ListJobsParams, Progress, dump, parse
+from plasmad.core.wire import JobView, JobWaitParams, ListJobsParams, Progress, dump, parse
+from plasmad.core.wire_views import Workflow, checked
 
 # Bookkeeping kept in a job's stored state that the wire view leaves out (the graph is big; it is
 # written beside the image and served by `workflow`).
 _PRIVATE_RESULT_KEYS = ("graph", "logExtra")
-MAX_WAIT_S = 60.0  #: longest long poll (GET /jobs/:id?wait=): below common HTTP client timeouts
-
-
-def _step_param(value: Any) -> int | None:
-    """`step` as a query string or JSON gives it: a whole number, -1 or more."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < -1:
-        raise invalid("step", "must be the step last seen, a whole number (-1: the job was queued)")
-    return value
 
 
 class JobOps:
@@ -41,15 +29,12 @@ class JobOps:
         queue = self._core.queue
         moves = queue.moves  # read before the job: a start or an end after it is seen below
         job = await self._stored(job_id)
-        seen = _step_param(step)
-        if wait is None:
+        given = {name: value for name, value in (("wait", wait), ("step", step)) if value is not None}
+        params = parse(JobWaitParams, given)
+        seen = params.step
+        if params.wait is None:
             return await self.view(job)
-        try:
-            seconds = float(wait)
-        except (TypeError, ValueError):
-            raise invalid("wait", "must be a number of seconds") from None
-        if not 0 <= seconds <= MAX_WAIT_S:
-            raise invalid("wait", f"must lie in 0-{MAX_WAIT_S:.0f} s")
+        seconds = params.wait
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         if seen is None:
@@ -100,7 +85,7 @@ class JobOps:
 
     async def workflow(self, job_id: Any) -> dict[str, Any]:
         job = await self._stored(job_id)
-        return dict((job.result or {}).get("graph", {}))
+        return dict(checked(Workflow, (job.result or {}).get("graph", {})))
 
     async def view(self, job: Job) -> dict[str, Any]:
         result = {k: v for k, v in (job.result or {}).items() if k not in _PRIVATE_RESULT_KEYS}

@@ -36,6 +36,7 @@ from plasmad.core.jobs import GenerationState
 from plasmad.core.states import FINISHED_STATES, JobStatus
 from plasmad.core.store import Job, now
 from plasmad.core.wire import BenchRequest, BenchResultsParams, GenerateRequest, parse
+from plasmad.core.wire_views import BenchRecord, BenchResults, checked
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,13 @@ class Bench:
         if params.id is not None:
             for record in reversed(results):
                 if record["id"] == params.id:
-                    return dict(record)
+                    return dict(checked(BenchRecord, record))
             if params.id in self._running:
-                return {**self._running[params.id], "status": "running"}
+                return dict(checked(BenchRecord, {**self._running[params.id], "status": "running"}))
             raise not_found(f"benchmark {params.id}")
-        return {
+        answer = {
             "last": results[-1] if results else None,
             "results": results[-params.limit :][::-1],
             "running": [{**r, "status": "running"} for r in self._running.values()],
         }
+        return dict(checked(BenchResults, answer))

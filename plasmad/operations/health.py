@@ -7,6 +7,7 @@ from typing import Any
 from plasmad.context import Core
 from plasmad.core.errors import PlasmaError
 from plasmad.core.states import JobStatus
+from plasmad.core.wire_views import HealthView, checked
 
 
 async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any]:
@@ -36,7 +37,7 @@ async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any
         warnings.append("ComfyUI reports no mps device: generation runs without Apple GPU acceleration")
     comfy["process"] = core.process.info() if core.process else {"managed": False}
     current = core.queue.current
-    return {
+    answer = {
         "status": "ok",
         "comfyui": ok,
         "mps": mps,
@@ -50,3 +51,4 @@ async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any
         "warnings": warnings,
         "bench": last_bench,
     }
+    return dict(checked(HealthView, answer))

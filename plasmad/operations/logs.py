@@ -18,6 +18,7 @@ from plasmad.core.job_logs import SAFE_JOB_ID, job_log_path
 from plasmad.core.states import JobKind
 from plasmad.core.store import Job, JobStore
 from plasmad.core.wire import LogsParams, parse
+from plasmad.core.wire_views import LogsView, checked
 
 MAX_READ_BYTES = 1024 * 1024  #: one `logs` answer carries at most this much
 
@@ -98,4 +99,4 @@ async def read_logs(cfg: Config, store: JobStore, body: Any) -> dict[str, Any]:
         answer["note"] = "no log yet: a job's log starts when the worker takes the job"
     elif not answer["exists"] and source == "comfyui":
         answer["note"] = "plasmad keeps ComfyUI's output only when it runs ComfyUI itself (COMFYUI_MANAGED=1)"
-    return {"source": source, "job": job_id, **answer}
+    return dict(checked(LogsView, {"source": source, "job": job_id, **answer}))

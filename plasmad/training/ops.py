@@ -26,6 +26,7 @@ from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.core.states import ACTIVE_STATES, JobKind, JobStatus
 from plasmad.core.store import Job
 from plasmad.core.wire import CheckpointView, TrainingView, TrainRequest, dump, parse
+from plasmad.core.wire_views import LorasView, checked
 from plasmad.training.checkpoints import list_checkpoints
 from plasmad.training.comfy_trainer.staging import OWN_FOLDER
 from plasmad.training.promote import PromoteOps
@@ -175,12 +176,13 @@ class TrainingOps:
             for n in names
             if not n.startswith(own)
         ]
-        return {
+        answer = {
             "trainings": trainings,
             "loras": loras,
             "comfyuiError": error,
             "sampleCopies": sum(1 for n in on_disk if n.startswith(own)),
         }
+        return dict(checked(LorasView, answer))
 
     async def cancel(self, training_id: Any) -> dict[str, Any]:
         job = await find_training(self._core, training_id)

@@ -17,6 +17,7 @@ from plasmad.core.fsutil import copy_new, same_file_content
 from plasmad.core.states import JobStatus
 from plasmad.core.store import now
 from plasmad.core.wire import PromoteRequest, parse
+from plasmad.core.wire_views import PromoteView, checked
 from plasmad.training.checkpoints import Checkpoint, list_checkpoints
 from plasmad.training.state import Promotion, TrainingState, find_training, spec_of
 from plasmad.training.validation import check_output_name
@@ -52,13 +53,14 @@ class PromoteOps:
         )
         await self._record(job.id, record)
         log.info("training %s: %s promoted to %s", job.id, chosen.file, target)
-        return {
+        answer = {
             "training": job.id,
             **record.dump(),
             "alreadyThere": not copied,
             "listed": listed,
             "warning": warning,
         }
+        return dict(checked(PromoteView, answer))
 
     async def _listed(self, target: Path) -> tuple[bool | None, str | None]:
         """Whether ComfyUI lists the promoted file now (None: could not ask), and a warning if not."""

@@ -28,6 +28,7 @@ from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import FINISHED_STATES, JobStatus
 from plasmad.core.store import Job, now
 from plasmad.core.wire import GenerateRequest, TrainRequest, TrainSamplesRequest, parse
+from plasmad.core.wire_views import SamplesView, checked
 from plasmad.training.backend import TrainSpec
 from plasmad.training.checkpoints import Checkpoint, list_checkpoints
 from plasmad.training.state import (
@@ -174,7 +175,7 @@ class SampleOps:
         if not progress.active and not samples.sheet:
             async with self._lock:
                 samples = await self._draw_sheet(training_id, progress.jobs)
-        return {
+        answer = {
             "training": training_id,
             "set": samples.set_id,
             "state": "drawing" if progress.active else "done",
@@ -186,6 +187,7 @@ class SampleOps:
             "rows": [row.dump() for row in samples.rows],
             "sheet": samples.sheet,
         }
+        return dict(checked(SamplesView, answer))
 
     async def _draw_sheet(self, training_id: str, jobs: dict[str, Job | None]) -> SampleSet:
         job = await self._core.store.get(training_id)
