@@ -105,8 +105,8 @@ class PageRequest(GenerateRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [{"chapter": 1, "page": 1, "seed": 42}]})
 
     prompt: str | None = Field(default=None, min_length=1, max_length=8000)  # type: ignore[assignment]
-    chapter: int = Field(ge=1, le=999)  # type: ignore[assignment]
-    page: int = Field(ge=1, le=999)  # type: ignore[assignment]
+    chapter: int = Field(ge=1, le=999)
+    page: int = Field(ge=1, le=999)
 
 
 class DatasetRegRequest(WireModel):

@@ -99,7 +99,7 @@ class DatasetOps:
         ]
         if queued:
             log.info("reg set %s: %d image(s) queued, %d already queued", folder, len(queued), len(pending))
-        answer = {
+        answer: dict[str, Any] = {
             "datasetDir": str(dataset_dir),
             "regDir": str(folder),
             "className": class_name,
