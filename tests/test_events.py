@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from plasmad.core.events import EventBus
+from plasmad.core.wire_views import PlasmaEvent
 from tests.support.app import Api, expect_error
 
 
@@ -22,6 +23,7 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, An
             if "data" in fields:
                 event = json.loads(fields["data"])
                 assert event["type"] == fields["event"] and event["id"] == fields["id"]
+                PlasmaEvent.model_validate(event)  # as GET /openapi.json describes it
                 yield event
             fields = {}
         elif not line.startswith(":"):

@@ -11,21 +11,58 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from plasmad.api import openapi
+from plasmad.api.contract import EVENT_STREAM, Handler, Header, Route
+from plasmad.api.methods import methods as rpc_methods
 from plasmad.api.service import Service
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.events import Event
+from plasmad.core.wire import (
+    ApproveBody,
+    BenchRequest,
+    BenchResultsParams,
+    DatasetRegRequest,
+    GenerateRequest,
+    JobLogParams,
+    JobView,
+    JobWaitParams,
+    ListJobsParams,
+    LogsParams,
+    PageRequest,
+    PromoteRequest,
+    TrainingView,
+    TrainRequest,
+    TrainSamplesRequest,
+)
+from plasmad.core.wire_views import (
+    BenchRecord,
+    BenchResultsAnswer,
+    DoctorView,
+    HealthView,
+    JobList,
+    LogEntry,
+    LogsView,
+    LorasView,
+    OpenApiDocument,
+    PlasmaEvent,
+    PromoteView,
+    RegView,
+    SamplesView,
+    Workflow,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", Service)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ROUTES = web.AppKey("routes", Sequence[Route])
+OPENAPI = web.AppKey("openapi", dict[str, Any])
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
@@ -52,7 +89,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = ErrorCode.NOT_FOUND if exc.status in (404, 405) else ErrorCode.INVALID_INPUT
         msg = f"{request.method} {request.path}: {exc.reason}"
-        return web.json_response({"error": PlasmaError(code, msg).to_dict()}, status=exc.status)
+        # A 405 keeps its Allow header: it tells a client which methods the path has.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        body = {"error": PlasmaError(code, msg).to_dict()}
+        return web.json_response(body, status=exc.status, headers=allow)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error_response(PlasmaError(ErrorCode.INTERNAL, "internal error; see plasmad's log"))
@@ -206,46 +246,83 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """`GET /openapi.json`: written once per app from its routes (they do not change once it runs)."""
+    cache = request.app[OPENAPI]
+    if "doc" not in cache:
+        cache["doc"] = openapi.build(request.app[ROUTES], rpc_methods())
+    return web.json_response(cache["doc"])
+
+
 async def _pump(resp: EventSourceResponse, events: AsyncIterator[Event]) -> None:
     async for event in events:
         body = {"id": event.id, "type": event.type, "at": event.at, **event.data}
         await resp.send(json.dumps(body), id=event.id, event=event.type)
 
 
-def routes() -> list[web.RouteDef]:
+# --- the routes, each declared once with its models: served here, described by GET /openapi.json ---
+
+SUBMITS = (409, 503)  # a staged file in the way; ComfyUI, a setting or the daemon (stopping) missing
+
+
+def routes() -> list[Route]:
+    R, H = Route, Header
     return [
-        web.get("/health", health),
-        web.post("/jobs", submit_job),
-        web.post("/pages", submit_page),
-        web.get("/jobs", list_jobs),
-        web.get("/jobs/{id}", get_job),
-        web.get("/jobs/{id}/workflow", get_job_workflow),
-        web.post("/jobs/{id}/cancel", cancel_job),
-        web.post("/images/{name}/approve", approve_image),
-        web.post("/datasets/reg", dataset_reg),
-        web.post("/loras/train", train_lora),
-        web.get("/loras", list_loras),
-        web.get("/loras/{id}/status", training_status),
-        web.post("/loras/{id}/cancel", cancel_training),
-        web.post("/loras/{id}/samples", lora_samples),
-        web.get("/loras/{id}/samples", lora_samples_status),
-        web.post("/loras/{id}/promote", promote_lora),
-        web.get("/doctor", doctor),
-        web.post("/bench", start_bench),
-        web.get("/bench", bench_results),
-        web.get("/logs", daemon_log),
-        web.get("/jobs/{id}/log", job_log),
-        web.get("/events", events),
-    ]
+        R("GET", "/health", health, HealthView, "ComfyUI up? on mps? fp32 VAE? what holds the GPU",
+          rpc="health", tag="operations"),
+        R("POST", "/jobs", submit_job, JobView, "Queue a generation", status=202, body=GenerateRequest,
+          errors=SUBMITS, rpc="submit"),
+        R("POST", "/pages", submit_page, JobView, "Queue a page from its prompt file", status=202,
+          body=PageRequest, errors=(404, *SUBMITS), rpc="generate_page"),
+        R("GET", "/jobs", list_jobs, JobList, "Recent jobs, newest first", query=ListJobsParams, rpc="jobs"),
+        R("GET", "/jobs/{id}", get_job, JobView, "A job; with `wait`, a long poll", query=JobWaitParams,
+          rpc="status"),
+        R("GET", "/jobs/{id}/workflow", get_job_workflow, Workflow, "The exact graph of a job",
+          rpc="workflow"),
+        R("POST", "/jobs/{id}/cancel", cancel_job, JobView, "Cancel a queued or running job", errors=(409,),
+          rpc="cancel"),
+        R("POST", "/images/{name}/approve", approve_image, LogEntry, "Approve a page (its log entry)",
+          body=ApproveBody, errors=(409, 503), rpc="approve"),
+        R("POST", "/datasets/reg", dataset_reg, RegView, "Queue a dataset's regularisation images",
+          status=202, also=(200,), body=DatasetRegRequest, errors=SUBMITS, rpc="dataset_reg", tag="dataset"),
+        R("POST", "/loras/train", train_lora, TrainingView, "Queue a LoRA training", status=202,
+          body=TrainRequest, errors=SUBMITS, rpc="train", tag="training"),
+        R("GET", "/loras", list_loras, LorasView, "Trainings, and the LoRAs ComfyUI can load", errors=(503,),
+          rpc="loras", tag="training"),
+        R("GET", "/loras/{id}/status", training_status, TrainingView, "A training: step, loss, time left",
+          rpc="train_status", tag="training"),
+        R("POST", "/loras/{id}/cancel", cancel_training, TrainingView, "Stop a training", errors=(409,),
+          rpc="train_cancel", tag="training"),
+        R("POST", "/loras/{id}/samples", lora_samples, SamplesView, "Sample every checkpoint", status=202,
+          also=(200,), body=TrainSamplesRequest, errors=SUBMITS, rpc="lora_samples", tag="training"),
+        R("GET", "/loras/{id}/samples", lora_samples_status, SamplesView, "Where the samples are",
+          rpc="lora_samples_status", tag="training"),
+        R("POST", "/loras/{id}/promote", promote_lora, PromoteView, "Copy a checkpoint into ComfyUI's loras",
+          body=PromoteRequest, errors=(409, 503), rpc="lora_promote", tag="training"),
+        R("GET", "/doctor", doctor, DoctorView, "Every INFRA requirement checked", rpc="doctor",
+          tag="operations"),
+        R("POST", "/bench", start_bench, BenchRecord, "Queue the INFRA-04 benchmark", status=202,
+          body=BenchRequest, errors=SUBMITS, rpc="bench", tag="operations"),
+        R("GET", "/bench", bench_results, BenchResultsAnswer, "Benchmark results", query=BenchResultsParams,
+          errors=(404,), rpc="bench_results", tag="operations"),
+        R("GET", "/logs", daemon_log, LogsView, "The daemon's log, a job's or ComfyUI's", query=LogsParams,
+          errors=(404,), rpc="logs", tag="operations"),
+        R("GET", "/jobs/{id}/log", job_log, LogsView, "One job's log", query=JobLogParams, tag="operations"),
+        R("GET", "/events", events, PlasmaEvent, "Live events (Server-Sent Events)", media_type=EVENT_STREAM,
+          headers=(H("Last-Event-ID", "the last event id seen: replay what came after it"),), tag="events",
+          description=events.__doc__),
+        R("GET", "/openapi.json", openapi_document, OpenApiDocument, "This document", tag="operations"),
+    ]  # fmt: skip
 
 
-def create_app(
-    service: Service | None = None, extra_routes: list[web.RouteDef] | None = None
-) -> web.Application:
+def create_app(service: Service | None = None, extra_routes: list[Route] | None = None) -> web.Application:
     """The HTTP app. Without `service`, whoever starts the app sets `app[SERVICE]` before it serves
     (the daemon does, in one of its cleanup contexts)."""
     app = web.Application(middlewares=[errors, guard], client_max_size=1024 * 1024)
     if service is not None:
         app[SERVICE] = service
-    app.add_routes(routes() + (extra_routes or []))
+    table = routes() + (extra_routes or [])
+    app[ROUTES] = table
+    app[OPENAPI] = {}  # filled at the first GET /openapi.json (the app's state is frozen by then)
+    app.add_routes([r.route_def() for r in table])
     return app

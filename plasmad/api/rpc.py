@@ -17,6 +17,8 @@ from typing import Any
 
 from jsonrpcserver import Error, Result, Success, async_dispatch
 
+from plasmad.api.contract import RpcCall
+from plasmad.api.methods import methods
 from plasmad.api.service import Service
 from plasmad.core.errors import ErrorCode, PlasmaError
 
@@ -26,7 +28,7 @@ MAX_LINE = 16 * 1024 * 1024
 Method = Callable[..., Awaitable[Result]]
 
 
-def _adapt(fn: Callable[[Service, dict[str, Any]], Awaitable[Any]]) -> Method:
+def _adapt(fn: RpcCall) -> Method:
     async def method(service: Service, **params: Any) -> Result:
         try:
             return Success(await fn(service, params))
@@ -40,32 +42,11 @@ def _adapt(fn: Callable[[Service, dict[str, Any]], Awaitable[Any]]) -> Method:
     return method
 
 
-def build_methods(
-    extra: dict[str, Callable[[Service, dict[str, Any]], Awaitable[Any]]] | None = None,
-) -> dict[str, Method]:
-    table: dict[str, Callable[[Service, dict[str, Any]], Awaitable[Any]]] = {
-        "health": lambda s, p: s.health(),
-        "submit": lambda s, p: s.submit(p),
-        "generate_page": lambda s, p: s.submit_page(p),
-        "status": lambda s, p: s.get_job(p.get("id"), p.get("wait"), p.get("step")),
-        "jobs": lambda s, p: s.list_jobs(p),
-        "cancel": lambda s, p: s.cancel_job(p.get("id")),
-        "workflow": lambda s, p: s.job_workflow(p.get("id")),
-        "approve": lambda s, p: s.approve(p),
-        "dataset_reg": lambda s, p: s.datasets.reg(p),
-        "train": lambda s, p: s.training.train(p),
-        "train_status": lambda s, p: s.training.status(p.get("id")),
-        "loras": lambda s, p: s.training.list_trainings(p),
-        "train_cancel": lambda s, p: s.training.cancel(p.get("id")),
-        "lora_samples": lambda s, p: s.training.samples(p.pop("id", None), p),
-        "lora_samples_status": lambda s, p: s.training.samples_status(p.get("id")),
-        "lora_promote": lambda s, p: s.training.promote(p.pop("id", None), p),
-        "doctor": lambda s, p: s.doctor(),
-        "bench": lambda s, p: s.start_bench(p),
-        "bench_results": lambda s, p: s.benchmarks.results(p),
-        "logs": lambda s, p: s.logs(p),
-        **(extra or {}),
-    }
+def build_methods(extra: dict[str, RpcCall] | None = None) -> dict[str, Method]:
+    """The dispatch table; `extra` provides the methods declared without a call (the daemon's
+    `shutdown`) or adds test-only ones."""
+    table: dict[str, RpcCall] = {m.name: m.call for m in methods() if m.call is not None}
+    table.update(extra or {})
     return {name: _adapt(fn) for name, fn in table.items()}
 
 

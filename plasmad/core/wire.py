@@ -302,9 +302,16 @@ class ListJobsParams(QueryParams):
     limit: int = Field(default=50, ge=1, le=1000)
 
 
-class ApproveParams(WireModel):
-    image: str = Field(min_length=1)  #: chXX_pNNN_vN (with or without .png)
+class ApproveBody(WireModel):
+    """POST /images/:name/approve (the name is in the path)."""
+
     approved: bool = True
+
+
+class ApproveParams(ApproveBody):
+    """JSON-RPC `approve`."""
+
+    image: str = Field(min_length=1)  #: chXX_pNNN_vN (with or without .png)
 
 
 class BenchRequest(WireModel):
@@ -322,12 +329,17 @@ class BenchResultsParams(QueryParams):
     limit: int = Field(default=10, ge=1, le=1000)
 
 
-class LogsParams(QueryParams):
-    """GET /logs and /jobs/{id}/log, JSON-RPC `logs`."""
+class JobLogParams(QueryParams):
+    """GET /jobs/{id}/log."""
 
-    job: str | None = None  #: a job or training id, `comfyui` (a managed ComfyUI), or none: the daemon's
     lines: int = Field(default=100, ge=0, le=10000)
     offset: int | None = Field(default=None, ge=0)  #: following: bytes already read
+
+
+class LogsParams(JobLogParams):
+    """GET /logs, JSON-RPC `logs`."""
+
+    job: str | None = None  #: a job or training id, `comfyui` (a managed ComfyUI), or none: the daemon's
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -216,6 +216,10 @@ class BenchResults(ViewModel):
     running: list[BenchRecord]
 
 
+class BenchResultsAnswer(RootModel[BenchResults | BenchRecord]):
+    """GET /bench: the recent results, or (`?id=`) one benchmark."""
+
+
 class HealthView(ViewModel):
     model_config = ConfigDict(
         json_schema_extra={
