@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from plasmad.core.events import EventBus
-from plasmad.core.wire_views import PlasmaEvent
 from tests.support.app import Api, expect_error
-
-
-async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The events of an SSE stream, as the JSON each carries (pings and blank lines skipped)."""
-    fields: dict[str, str] = {}
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\r\n")
-        if not line:
-            if "data" in fields:
-                event = json.loads(fields["data"])
-                assert event["type"] == fields["event"] and event["id"] == fields["id"]
-                PlasmaEvent.model_validate(event)  # as GET /openapi.json describes it
-                yield event
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(": ")
-            fields[name] = value
+from tests.support.sse import sse_events
 
 
 async def test_a_job_is_followed_from_queued_to_succeeded(api: Api) -> None:

@@ -45,6 +45,7 @@ from tests.fakes.fake_kohya_python import FAKE_KOHYA, probe_answer, write_fake_p
 from tests.support.app import FINISHED, eventually, expect_error, make_config, release_fake, rpc
 from tests.support.modelfiles import CHECKPOINT_SD15, SD15_LORA, make_models_dir, write_safetensors
 from tests.support.processes import DaemonEnv, DaemonProcess
+from tests.support.sse import sse_events
 from tests.support.training import NAME, STEP_FILES, TRIGGER, make_dataset
 
 
@@ -269,6 +270,32 @@ async def test_success_end_to_end(rig: Rig, tmp_path: Path, monkeypatch: pytest.
     listing = await (await rig.client.get("/loras")).json()
     assert [x["id"] for x in listing["trainings"]] == [t["id"]]
     assert {x["name"] for x in listing["loras"]} >= {"spyke_sd15.safetensors"}
+
+
+async def test_progress_and_checkpoints_are_live_events(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_KOHYA_CASE", "success")
+    async with rig.client.get("/events") as resp:
+        stream = sse_events(resp)
+        t = await rig.train(steps=6, saveEverySteps=2, resolution=64)
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(30):
+            async for event in stream:
+                if t["id"] in (event.get("job"), event.get("training")):
+                    seen.append(event)
+                    if event["type"] == "job.succeeded":
+                        break
+    progress = [e for e in seen if e["type"] == "training.progress"]
+    assert [e["step"] for e in progress] == sorted({e["step"] for e in progress})  # each step once
+    assert progress[-1]["step"] == progress[-1]["total"] == 6
+    assert progress[-1]["loss"] is not None and progress[-1]["secPerStep"] is not None
+    checkpoints = [e for e in seen if e["type"] == "training.checkpoint"]
+    assert [(e["step"], e["file"]) for e in checkpoints] == [
+        *zip([2, 4, 6], STEP_FILES, strict=True),
+        (None, f"{NAME}.safetensors"),
+    ]
+    assert all(e["path"].endswith(e["file"]) for e in checkpoints)
+    types = [e["type"] for e in seen]
+    assert types[0] == "job.queued" and "job.progress" in types  # the queue's own events, kind train
 
 
 async def test_no_data_is_told_apart(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:

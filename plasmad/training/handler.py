@@ -41,6 +41,7 @@ class TrainingHandler:
         self._cfg = core.cfg
         self._store = core.store
         self._comfy = core.comfy
+        self.events = core.events  #: training.progress and training.checkpoint, for GET /events
         self._stops: dict[str, asyncio.Event] = {}
 
     def backend(self, name: str | None) -> TrainerBackend:
@@ -152,7 +153,8 @@ class TrainingHandler:
 
 class _Events:
     """The callbacks a running backend reports through, for one run: each change goes into the live
-    job's state; the store gets it at each checkpoint and every PERSIST_EVERY_S."""
+    job's state; the store gets it at each checkpoint and every PERSIST_EVERY_S; followers of
+    GET /events get `training.progress` (each new step) and `training.checkpoint`."""
 
     def __init__(self, handler: TrainingHandler, ctx: RunContext, spec: TrainSpec) -> None:
         self._handler = handler
@@ -160,6 +162,7 @@ class _Events:
         self._job = ctx.job
         self._spec = spec
         self._persisted = time.monotonic()
+        self._published_step: int | None = None
 
     def events(self) -> TrainEvents:
         return TrainEvents(progress=self.progress, checkpoint=self.checkpoint, started=self.started)
@@ -175,6 +178,17 @@ class _Events:
             state.loss = p.loss
         state.store_in(self._job)
         await self._ctx.report(p.step, p.total)
+        if p.step != self._published_step:  # kohya draws each step twice
+            self._published_step = p.step
+            self._handler.events.publish(
+                "training.progress",
+                training=self._job.id,
+                step=p.step,
+                total=p.total,
+                loss=state.loss,
+                secPerStep=p.sec_per_step,
+                etaSeconds=p.eta_seconds,
+            )
         if time.monotonic() - self._persisted > PERSIST_EVERY_S:
             await self._persist()
 
@@ -183,6 +197,9 @@ class _Events:
         state.announced = [*state.announced, Announced(step=step, path=str(path))]
         state.store_in(self._job)
         log.info("training %s: checkpoint %s", self._job.id, path.name)
+        self._handler.events.publish(
+            "training.checkpoint", training=self._job.id, step=step, file=path.name, path=str(path)
+        )
         await self._persist()
 
     async def started(self, info: dict[str, Any]) -> None:
