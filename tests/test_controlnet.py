@@ -242,18 +242,15 @@ BAD: list[tuple[str, MakeBody, str, str]] = [
     ("relative-pose", lambda i: {**posed(i["pose"]), "poseImagePath": "img/pose.png"}, "poseImagePath",
      "absolute"),
     ("animated-pose", lambda i: posed(i["gif"]), "poseImagePath", "2 frames"),
-    ("pose-too-big", lambda i: posed(i["big"]), "poseImagePath", "over the hardware limit of 512"),
-    ("pose-too-tall", lambda i: posed(i["tall"]), "poseImagePath", "over the hardware limit of 768"),
-    ("pose-too-small", lambda i: posed(i["tiny"]), "poseImagePath", "under 64"),
-    ("exif-turned-too-wide", lambda i: posed(i["rotated_wide"]), "poseImagePath", "768x512"),
-    ("init-too-big", lambda i: posed(i["pose"], initImagePath=str(i["big"])), "initImagePath", "1024x1024"),
     ("init-missing", lambda i: posed(i["pose"], initImagePath="/nonexistent/x.png"), "initImagePath",
      "does not exist"),
     ("init-text", lambda i: posed(i["pose"], initImagePath=str(i["text"])), "initImagePath", "not an image"),
     ("denoise-0", lambda i: posed(i["pose"], denoise=0), "denoise", ""),
     ("denoise-1.5", lambda i: posed(i["pose"], denoise=1.5), "denoise", ""),
-    ("resolution-with-pose", lambda i: posed(i["pose"], resolution={"width": 64, "height": 64}), "resolution",
-     "init image"),
+    ("resolution-too-wide", lambda i: posed(i["pose"], resolution={"width": 520, "height": 64}),
+     "resolution.width", "hardware limit of 512"),
+    ("resolution-not-8", lambda i: posed(i["pose"], resolution={"width": 100, "height": 64}),
+     "resolution.width", "multiple of 8"),
     ("strength-without-pose", lambda i: {"prompt": "x", "controlnetStrength": 0.5}, "controlnetStrength",
      "poseImagePath"),
     ("init-without-pose", lambda i: {"prompt": "x", "initImagePath": str(i["init"])}, "initImagePath",
@@ -369,7 +366,9 @@ async def test_reference_panel_uses_the_preprocessor_when_comfyui_has_it(
     pre = one(graph, controlnet.PREPROCESSOR_NODE)
     apply = one(graph, "ControlNetApplyAdvanced")
     assert graph[apply["inputs"]["image"][0]] is pre
-    assert graph[pre["inputs"]["image"][0]]["inputs"]["image"] == staged_name(panel, ".jpg")
+    scaled = graph[pre["inputs"]["image"][0]]
+    assert scaled["class_type"] == "ImageScale"
+    assert graph[scaled["inputs"]["image"][0]]["inputs"]["image"] == staged_name(panel, ".jpg")
 
     base = await api.wait_job(await api.submit(**posed(panel, poseIsSkeleton=False)))
     assert base["result"]["template"] == IMG2IMG_CONTROLNET_BASE_PREPROCESS
@@ -400,6 +399,65 @@ async def test_exif_turned_image_is_measured_as_comfyui_sees_it(api: Api, images
     body = posed(images["pose"], initImagePath=str(images["rotated_ok"]))
     job = await api.wait_job(await api.submit(**body))
     assert (job["result"]["width"], job["result"]["height"]) == (512, 768)
+    # Stored 512x768, seen 768x512: fitted into 512 wide, the aspect kept.
+    job = await api.wait_job(await api.submit(**posed(images["rotated_wide"])))
+    assert (job["result"]["width"], job["result"]["height"]) == (512, 344)
+
+
+# --- the size: the page's `resolution`, else the init image's fitted to the limits -----------------------
+
+
+def scaled_sizes(graph: dict[str, Any]) -> dict[str, tuple[int, int, str]]:
+    """Each ImageScale node, by title: the size it scales to and how it crops."""
+    return {
+        n["_meta"]["title"]: (n["inputs"]["width"], n["inputs"]["height"], n["inputs"]["crop"])
+        for n in nodes(graph, "ImageScale")
+    }
+
+
+@pytest.mark.parametrize(
+    ("image", "size"),
+    [("big", (512, 512)), ("tall", (488, 768)), ("tiny", (64, 64)), ("init", (64, 96)), ("pose", (64, 64))],
+)
+async def test_without_resolution_the_init_image_sets_the_size(
+    api: Api, images: dict[str, Path], image: str, size: tuple[int, int]
+) -> None:
+    """Any size is usable: scaled down to the hardware limit (or up to 64 px) keeping the aspect,
+    rounded to multiples of 8; the graph scales and centre-crops both images to it."""
+    job = await api.wait_job(await api.submit(**posed(images[image])))
+    assert job["status"] == "succeeded", job
+    assert (job["result"]["width"], job["result"]["height"]) == size
+    assert job["request"]["resolution"] == {"width": size[0], "height": size[1]}
+    graph = api.fake.prompts[-1]["prompt"]
+    assert scaled_sizes(graph) == {
+        "Pose to page size": (*size, "center"),
+        "Init to page size": (*size, "center"),
+    }
+
+
+async def test_resolution_is_the_page_size_on_the_controlnet_path(api: Api, images: dict[str, Path]) -> None:
+    body = posed(images["big"], initImagePath=str(images["init"]), resolution={"width": 128, "height": 192})
+    job = await api.wait_job(await api.submit(**body, chapter=1, page=4))
+    assert job["status"] == "succeeded", job
+    assert (job["result"]["width"], job["result"]["height"]) == (128, 192)
+    graph = api.fake.prompts[-1]["prompt"]
+    assert set(scaled_sizes(graph).values()) == {(128, 192, "center")}
+    sampler_input = one(graph, "VAEEncode")["inputs"]["pixels"][0]
+    assert graph[sampler_input]["_meta"]["title"] == "Init to page size"  # img2img from the scaled image
+    raw = pipeline_files.raw_dir(api.cfg.pipeline_dir or Path(), 1)
+    [entry] = json.loads((raw.parent / pipeline_files.LOG_NAME).read_text())
+    assert (entry["width"], entry["height"]) == (128, 192)
+
+
+@pytest.mark.parametrize(
+    ("given", "fitted"),
+    [((512, 768), (512, 768)), ((600, 900), (512, 768)), ((1000, 100), (512, 64)), ((100, 130), (96, 128)),
+     ((33, 2000), (64, 768)), ((4000, 3000), (512, 384)), ((63, 63), (64, 64))],
+)  # fmt: skip
+def test_fit_size(given: tuple[int, int], fitted: tuple[int, int]) -> None:
+    width, height = limits.fit_size(*given)
+    assert (width, height) == fitted
+    limits.check_size(width, height)  # always a size the hardware takes
 
 
 # --- CTRL-01: the copy into ComfyUI's input/ --------------------------------------------------------
@@ -512,10 +570,15 @@ def test_controlnet_template_shape(name: str) -> None:
     cn_slots = {"pose_image", "init_image", "controlnet_name", "controlnet_strength", "denoise"}
     assert cn_slots <= set(template.slots)
     assert ("lora_name" in template.slots) == ("lora" in name)
-    assert "width" not in template.slots  # the init image sets the size
+    # Both images are scaled and centre-cropped to the size, which the width/height slots set.
+    for image_slot in ("pose_image", "init_image"):
+        assert graph[_scaler_of(graph, template.node_of(image_slot))]["inputs"]["crop"] == "center"
+    assert {node for node, _ in template.slots["width"]} == {
+        k for k, n in graph.items() if n["class_type"] == "ImageScale"
+    }
     apply = one(graph, "ControlNetApplyAdvanced")
     hint = graph[apply["inputs"]["image"][0]]
-    pose_node = graph[template.node_of("pose_image")]
+    pose_node = graph[_scaler_of(graph, template.node_of("pose_image"))]  # the pose, at the page's size
     if name.endswith("-preprocess"):
         assert hint["class_type"] == controlnet.PREPROCESSOR_NODE
         assert set(hint["inputs"]) == set(controlnet.PREPROCESSOR_INPUTS)
@@ -535,9 +598,18 @@ def test_preprocess_variant_differs_by_the_one_node(lora: str) -> None:
     rest = {k: v for k, v in pre.graph.items() if k != pre_id}
     apply_id = next(k for k, n in rest.items() if n["class_type"] == "ControlNetApplyAdvanced")
     pose_id = pre.node_of("pose_image")
-    rest[apply_id] = {**rest[apply_id], "inputs": {**rest[apply_id]["inputs"], "image": [pose_id, 0]}}
+    hint = pre.graph[pre_id]["inputs"]["image"]  # the scaled pose image, which plain gives ControlNet
+    rest[apply_id] = {**rest[apply_id], "inputs": {**rest[apply_id]["inputs"], "image": hint}}
     rest[pose_id] = {**rest[pose_id], "_meta": plain.graph[pose_id]["_meta"]}
     assert rest == plain.graph and pre.slots == plain.slots
+
+
+def _scaler_of(graph: dict[str, Any], loader: str) -> str:
+    """The ImageScale node that takes the LoadImage node `loader`."""
+    [node_id] = [
+        k for k, n in graph.items() if n["class_type"] == "ImageScale" and n["inputs"]["image"][0] == loader
+    ]
+    return node_id
 
 
 def test_base_variant_is_the_lora_one_without_the_lora() -> None:
@@ -648,6 +720,30 @@ def test_posed_page_for_real(real_daemon: DaemonProcess, comfyui: ComfyServer, t
     assert pixels(raw / "ch01_p001_v1.png") != pixels(raw / "ch01_p001_v2.png")  # strength matters
     # CTRL-01: the skeleton was copied into ComfyUI's input/ under its content hash.
     assert (comfyui.dir / "input" / staged_name(pose)).read_bytes() == pose.read_bytes()
+
+
+@pytest.mark.comfyui
+def test_any_pose_size_at_the_page_size_for_real(real_daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A pose far over the hardware limit and of another aspect (refused before), drawn at the
+    page's `resolution`; then, without one, an init image whose size is not a multiple of 8."""
+    big = save(skeleton((1200, 900)), tmp_path / "big-pose.png")
+    init = save(Image.new("RGB", (100, 130), (90, 60, 30)), tmp_path / "init.png")
+    requests = [
+        (posed(big, resolution={"width": 64, "height": 96}), (64, 96)),
+        (posed(big, initImagePath=str(init)), (96, 128)),
+    ]
+    for body, size in requests:
+        page = {"steps": 2, "seed": 3, "chapter": 2, "page": 1}
+        status, job = real_daemon.http("POST", "/jobs", {**body, **page})
+        assert status == 202, job
+        job = real_daemon.wait_job(job["id"], 300)
+        assert job["status"] == "succeeded", job
+        with Image.open(job["outputs"][0]) as img:
+            assert img.size == size
+        assert (job["result"]["width"], job["result"]["height"]) == size
+    raw = real_daemon.denv.pipeline_dir / "output" / "ch-02" / "raw"
+    entries = json.loads((raw.parent / pipeline_files.LOG_NAME).read_text())
+    assert [(e["width"], e["height"]) for e in entries] == [(64, 96), (96, 128)]
 
 
 @pytest.mark.comfyui

@@ -214,7 +214,10 @@ def test_img2img_controlnet_wiring() -> None:
     # The init image (one image, so a batch of one) is encoded by the checkpoint's VAE.
     encode = source(graph, sampler, "latent_image")
     assert encode["class_type"] == "VAEEncode"
-    init = source(graph, encode, "pixels")
+    # Both images are scaled and centre-cropped to the page's size first (the width/height slots).
+    scaled = source(graph, encode, "pixels")
+    assert scaled["class_type"] == "ImageScale" and scaled["inputs"]["crop"] == "center"
+    init = source(graph, scaled, "image")
     assert init["class_type"] == "LoadImage"
     assert init["inputs"]["image"] == "plasma-demo-init.png"
     assert source(graph, encode, "vae")["class_type"] == "CheckpointLoaderSimple"
@@ -228,7 +231,9 @@ def test_img2img_controlnet_wiring() -> None:
     loader = source(graph, apply, "control_net")
     assert loader["class_type"] == "ControlNetLoader"
     assert loader["inputs"]["control_net_name"] == "plasma-demo-openpose.safetensors"
-    pose = source(graph, apply, "image")
+    scaled_pose = source(graph, apply, "image")
+    assert scaled_pose["class_type"] == "ImageScale" and scaled_pose["inputs"]["crop"] == "center"
+    pose = source(graph, scaled_pose, "image")
     assert pose["class_type"] == "LoadImage"
     assert pose["inputs"]["image"] == "plasma-demo-pose.png"
     assert {

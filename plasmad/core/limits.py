@@ -84,6 +84,21 @@ def check_size(width: int, height: int, field: str = "resolution") -> None:
             raise invalid(where, f"{value} is not a multiple of {SIZE_MULTIPLE}")
 
 
+def fit_size(width: int, height: int) -> tuple[int, int]:
+    """The generation size for an image of `width` x `height` when none is asked for: its own,
+    scaled down (keeping the aspect) to fit MAX_WIDTH x MAX_HEIGHT, or up to MIN_SIZE a side, and
+    rounded to multiples of SIZE_MULTIPLE. An aspect too extreme for both ends is cropped instead
+    (each side clamped; the graph crops to the centre)."""
+    scale = min(1.0, MAX_WIDTH / width, MAX_HEIGHT / height)
+    scale = max(scale, MIN_SIZE / width, MIN_SIZE / height)
+
+    def side(value: int, most: int) -> int:
+        rounded = round(value * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE
+        return min(most, max(MIN_SIZE, rounded))
+
+    return side(width, MAX_WIDTH), side(height, MAX_HEIGHT)
+
+
 def check_controlnet_strength(value: float, field: str = "controlnetStrength") -> None:
     lo, hi = CONTROLNET_STRENGTH_MIN, CONTROLNET_STRENGTH_MAX
     if not lo <= value <= hi:

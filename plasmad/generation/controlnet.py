@@ -10,7 +10,10 @@ graph is assembled): with or without the LoRA, and with or without the OpenPose 
 - No LoRA: a `base` template without LoraLoader, as txt2img has (June and Draster have no LoRA in
   v2.0 but still need posed panels).
 
-The image size comes from the init image (img2img), which defaults to the pose image.
+The size is the request's `resolution` (the page's), else the init image's (which defaults to
+the pose image), fitted to the hardware limits (`limits.fit_size`). Both images are scaled and
+cropped to it, centred, inside the graph (ComfyUI's `ImageScale`, crop "center"): the files copied
+into ComfyUI's input/ stay the user's bytes, so a pose or init image of any size is usable.
 """
 
 from __future__ import annotations
@@ -102,9 +105,13 @@ class ControlNetPlan:
     preprocess: bool  #: run the OpenPose preprocessor on a reference panel
     pose: SourceImage
     init: SourceImage  #: the pose image itself unless initImagePath was given
+    width: int  #: the generation's size: both images are scaled and centre-cropped to it in the graph
+    height: int
 
     def slots(self) -> dict[str, Any]:
         slots: dict[str, Any] = {
+            "width": self.width,
+            "height": self.height,
             "pose_image": self.pose.name,
             "init_image": self.init.name,
             "controlnet_name": self.model,
@@ -134,9 +141,8 @@ def job_state(plan: ControlNetPlan, template: Template, graph: dict[str, Any]) -
 
     return {
         "controlnet_strength": sent("controlnet_strength"),
-        # VAEEncode crops to a multiple of 8: that is the size of the image that comes back.
-        "width": plan.init.width // 8 * 8,
-        "height": plan.init.height // 8 * 8,
+        "width": plan.width,
+        "height": plan.height,
         "log_extra": {
             "controlnetModel": plan.model,
             "poseImage": plan.pose.path,

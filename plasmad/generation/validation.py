@@ -17,7 +17,6 @@ from typing import Any
 from plasmad.comfy import inputs as comfy_inputs
 from plasmad.comfy import modelfiles
 from plasmad.comfy.client import ComfyClient
-from plasmad.comfy.inputs import SourceImage
 from plasmad.comfy.templates import TXT2IMG_BASE, TXT2IMG_LORA
 from plasmad.core import limits
 from plasmad.core.config import Config
@@ -61,6 +60,9 @@ async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClien
     request.update(seed=seed, checkpoint=checkpoint)
     if cn_plan is not None:
         request.update(controlnet=cn_plan.model, controlnetStrength=cn_plan.strength)
+        # The size it runs at, asked for or fitted from the init image: running the request again
+        # (or reading it) gives the same.
+        request["resolution"] = {"width": cn_plan.width, "height": cn_plan.height}
     return GenerationPlan(
         template=template,
         seed=seed,
@@ -136,10 +138,10 @@ def _common_slots(req: GenerateRequest, cfg: Config, seed: int, checkpoint: str)
 async def validate_controlnet(
     req: GenerateRequest, cfg: Config, comfy: ComfyClient, models: Path
 ) -> ControlNetPlan:
-    """CTRL-01..03: the model, the pose source, and the pose and init images (read, not yet copied)."""
+    """CTRL-01..03: the model, the pose source, the pose and init images (read, not yet copied),
+    and the size: `resolution` if given, else the init image's fitted to the limits. Either
+    image may have any size and aspect: the graph scales and centre-crops both to it."""
     assert req.pose_image_path is not None
-    if "resolution" in req.model_fields_set:
-        raise invalid("resolution", "img2img takes its size from the init image (or the pose image)")
     strength = req.controlnet_strength
     if strength is None:
         strength = limits.CONTROLNET_STRENGTH_DEFAULT
@@ -155,11 +157,13 @@ async def validate_controlnet(
         controlnet.check_preprocessor(await comfy.object_info(controlnet.PREPROCESSOR_NODE))
 
     pose = await asyncio.to_thread(comfy_inputs.read_image, req.pose_image_path, "poseImagePath")
-    init, init_field = pose, "poseImagePath"
+    init = pose
     if req.init_image_path is not None:
         init = await asyncio.to_thread(comfy_inputs.read_image, req.init_image_path, "initImagePath")
-        init_field = "initImagePath"
-    check_image_size(init, init_field)
+    if "resolution" in req.model_fields_set:  # the page's size: both images are cropped to it
+        width, height = req.resolution.width, req.resolution.height
+    else:  # img2img's own size: the init image's, fitted to the limits
+        width, height = limits.fit_size(init.width, init.height)
     return ControlNetPlan(
         model=model,
         strength=strength,
@@ -167,21 +171,6 @@ async def validate_controlnet(
         preprocess=not req.pose_is_skeleton,
         pose=pose,
         init=init,
+        width=width,
+        height=height,
     )
-
-
-def check_image_size(image: SourceImage, field: str) -> None:
-    """The init image sets the generation size: the same hardware limits as `resolution` (GEN-03)."""
-    what = "the init image" if field == "initImagePath" else "the init image (no initImagePath given)"
-    sides = (("width", image.width, limits.MAX_WIDTH), ("height", image.height, limits.MAX_HEIGHT))
-    for name, value, most in sides:
-        if value > most:
-            raise invalid(
-                field,
-                f"{what} is {image.width}x{image.height}: its {name} is over the hardware limit of {most} "
-                f"(max {limits.MAX_WIDTH}x{limits.MAX_HEIGHT} on an M1 Pro 16 GB); scale it down first",
-            )
-        if value < limits.MIN_SIZE:
-            raise invalid(
-                field, f"{what} is {image.width}x{image.height}: its {name} is under {limits.MIN_SIZE}"
-            )
