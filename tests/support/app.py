@@ -90,6 +90,7 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
     await store.open()
     session = aiohttp.ClientSession()
     queue: JobQueue | None = None
+    service: Service | None = None
     try:
         comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
         service = build_service(cfg, store, comfy, TemplateSet(cfg.templates_dir))
@@ -99,8 +100,12 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
             queue.start()
         yield Stack(cfg, store, queue, service.core.gpu, comfy, service)
     finally:
+        if service is not None:
+            service.core.stop_accepting()  # as the daemon stops: long polls and event streams end
         if queue is not None:
             await queue.stop(0.2)  # a job still hanging in the fake is parked, as at a real stop
+        if service is not None:
+            await service.benchmarks.close()
         await session.close()
         await store.close()
 

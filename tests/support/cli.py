@@ -17,9 +17,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp import web
 from click.testing import CliRunner, Result
 
 from plasmactl.cli import cli
+from plasmad.api.http import create_app
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.support.app import Stack, fake_comfyui, make_config, service_stack
 
@@ -35,11 +37,15 @@ T = TypeVar("T")
 class DaemonThread:
     """plasmad's socket API and worker on their own event loop, in a background thread."""
 
-    def __init__(self, root: Path, **cfg: Any) -> None:
+    def __init__(self, root: Path, *, http: bool = False, start_worker: bool = True, **cfg: Any) -> None:
         """`cfg` overrides Config fields (tests/support/app.py's make_config), e.g. a dead
-        `comfyui_url` for a ComfyUI that does not answer."""
+        `comfyui_url` for a ComfyUI that does not answer. `http`: the HTTP app too, on a free
+        loopback port (`url`), for clients that are not asyncio (schemathesis, node)."""
         self.root = root
         self.overrides = cfg
+        self.serve_http = http
+        self.start_worker = start_worker
+        self.url = ""
         # AF_UNIX paths are capped near 104 bytes; pytest's tmp paths are long.
         self.run_dir = Path(tempfile.mkdtemp(prefix="plc-", dir="/tmp"))
         self.socket = self.run_dir / "s"
@@ -62,8 +68,20 @@ class DaemonThread:
     async def _start(self) -> None:
         self.fake, url = await self._exits.enter_async_context(fake_comfyui())
         cfg = make_config(self.root, **{"comfyui_url": url, "socket_path": self.socket, **self.overrides})
-        self.stack = await self._exits.enter_async_context(service_stack(cfg))
+        self.stack = await self._exits.enter_async_context(service_stack(cfg, start_worker=self.start_worker))
         server = await start_rpc_server(bind_socket(self.socket), self.stack.service, build_methods())
+        if self.serve_http:
+            runner = web.AppRunner(create_app(self.stack.service), access_log=None)
+            await runner.setup()
+            self._exits.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            self.url = f"http://{host}:{port}"
+            # Before the listener closes (exits run last-in first-out), as the daemon does: the
+            # event streams still open end now, not when their connections time out.
+            stack = self.stack
+            self._exits.callback(stack.core.stop_accepting)
 
         async def close() -> None:
             server.close()
