@@ -233,9 +233,11 @@ async def events(request: web.Request) -> web.StreamResponse:
 
     A client that reconnects with `Last-Event-ID` (browsers do it by themselves) first gets every
     newer event still kept. The stream ends when the client goes or the daemon stops."""
-    bus = _svc(request).core.events
+    # The starting point is taken before the headers go out: once a client has them, every later
+    # event reaches it (it may submit a job right away and follow it).
+    following = _svc(request).core.events.follow(request.headers.get("Last-Event-ID"))
     async with sse_response(request) as resp:
-        pump = asyncio.create_task(_pump(resp, bus.follow(resp.last_event_id)))
+        pump = asyncio.create_task(_pump(resp, following))
         gone = asyncio.create_task(resp.wait())  # its pings fail once the client has gone
         try:
             await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -105,6 +105,10 @@ def _error_response(status: int, schemas: _Schemas) -> dict[str, Any]:
     }
 
 
+def _error_name(status: int) -> str:
+    return f"Error{status}"
+
+
 def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -157,7 +161,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
         op["requestBody"] = {"required": needed, "content": {JSON: body}}
     op["responses"] = {
         **_success(route, schemas),
-        **{str(s): _error_response(s, schemas) for s in route.error_statuses()},
+        **{str(s): {"$ref": f"#/components/responses/{_error_name(s)}"} for s in route.error_statuses()},
     }
     if route.rpc:
         op["x-jsonrpc-method"] = route.rpc
@@ -188,13 +192,17 @@ def build(routes: Sequence[Route], methods: Sequence[RpcMethod]) -> dict[str, An
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
+    statuses = sorted({s for route in routes for s in route.error_statuses()})
     return {
         "openapi": "3.1.0",
         "info": {"title": "plasmad", "version": __version__, "description": _DESCRIPTION},
         "servers": [{"url": "http://127.0.0.1:3000"}],
         "tags": [{"name": t} for t in dict.fromkeys(r.tag for r in routes)],
         "paths": paths,
-        "components": {"schemas": schemas.components},
+        "components": {
+            "schemas": schemas.components,
+            "responses": {_error_name(s): _error_response(s, schemas) for s in statuses},
+        },
         "x-jsonrpc-methods": _rpc_methods(routes, methods, schemas),
         "x-jsonrpc": {
             "transport": "a Unix socket (PLASMA_SOCKET), one JSON-RPC 2.0 request per line",

@@ -73,9 +73,14 @@ class EventBus:
         after = self._after(last_id)
         return [e for e in self._ring if e.seq > after]
 
-    async def follow(self, last_id: str | None = None) -> AsyncIterator[Event]:
-        """Every event after `last_id` still kept, then each new one as it is published."""
-        after = self._after(last_id)
+    def follow(self, last_id: str | None = None) -> AsyncIterator[Event]:
+        """Every event after `last_id` still kept, then each new one as it is published.
+
+        Where a new follower starts is fixed now, when this is called, not at its first read: a
+        client that opens the stream and then submits a job gets that job's `job.queued`."""
+        return self._follow(self._after(last_id))
+
+    async def _follow(self, after: int) -> AsyncIterator[Event]:
         while not self.closed:
             changed = self._changed  # taken before reading the ring: no publish can slip between
             pending = [e for e in self._ring if e.seq > after]

@@ -189,12 +189,19 @@ class ViewModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class Progress(ViewModel):
+class FullView(ViewModel):
+    """A response always sent whole (`dump`): every key is there, null or not, so the spec marks
+    each one required (generated clients need not test for absent keys)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class Progress(FullView):
     step: int
     total: int
 
 
-class JobView(ViewModel):
+class JobView(FullView):
     """What GET /jobs/:id answers."""
 
     model_config = ConfigDict(
@@ -234,7 +241,7 @@ class JobView(ViewModel):
     result: dict[str, Any] | None = None
 
 
-class CheckpointView(ViewModel):
+class CheckpointView(FullView):
     step: int | None  #: None: the final file
     file: str
     path: str
@@ -242,7 +249,7 @@ class CheckpointView(ViewModel):
     complete: bool  #: the safetensors file is whole (a kill while saving leaves a short one)
 
 
-class TrainingView(ViewModel):
+class TrainingView(FullView):
     """What GET /loras/:id/status answers."""
 
     id: str
