@@ -5,7 +5,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup comfyui demo serve test lint bench clean-demo
+.PHONY: setup comfyui demo serve test lint bench clean-demo ts-client ts-types
 
 setup: $(VENV)/.installed
 
@@ -31,8 +31,24 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: setup comfyui lint
+test: setup comfyui lint ts-client
 	$(BIN)/python -m pytest
+
+# --- the TypeScript client (clients/typescript): the pipeline's typed view of the API ---------------
+TS := clients/typescript
+
+# npm ci (from package-lock.json), then tsc --strict; tests/test_ts_client.py drives the result.
+ts-client: $(TS)/node_modules/.installed
+	cd $(TS) && npm run --silent build
+
+$(TS)/node_modules/.installed: $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $@
+
+# After an API change: the spec snapshot and the types generated from it (commit both).
+ts-types: setup ts-client
+	$(BIN)/python scripts/openapi.py $(TS)/openapi.json
+	cd $(TS) && npm run --silent generate && npm run --silent build
 
 bench: setup comfyui
 	$(BIN)/python scripts/bench_overhead.py
