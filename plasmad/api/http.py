@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from plasmad.api import board
 from plasmad.api.service import Service
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.events import Event
@@ -212,6 +213,71 @@ async def _pump(resp: EventSourceResponse, events: AsyncIterator[Event]) -> None
         await resp.send(json.dumps(body), id=event.id, event=event.type)
 
 
+# --- the review board (issue 14): pages and versions, their images, new versions, the loss log ------
+# Images are files sent as they are (aiohttp's FileResponse: off the event loop, with ETag and
+# conditional requests); the board itself is `plasmad.api.board`.
+
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+async def list_pages(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).pages.list(dict(request.query)))
+
+
+async def page_image(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.image(request.match_info["name"])
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def page_thumbnail(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.thumbnail(request.match_info["name"], dict(request.query))
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def page_workflow(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).pages.workflow(request.match_info["name"]))
+
+
+async def reroll_page(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await _svc(request).reroll(request.match_info["name"], body), status=202)
+
+
+async def vary_page(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await _svc(request).vary(request.match_info["name"], body), status=202)
+
+
+async def job_image(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.job_image(request.match_info["id"])
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def job_thumbnail(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.job_thumbnail(request.match_info["id"], dict(request.query))
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def training_loss(request: web.Request) -> web.Response:
+    result = await _svc(request).training.loss(request.match_info["id"], dict(request.query))
+    return web.json_response(result)
+
+
+def board_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/pages", list_pages),
+        web.get("/images/{name}", page_image),
+        web.get("/images/{name}/thumbnail", page_thumbnail),
+        web.get("/images/{name}/workflow", page_workflow),
+        web.post("/images/{name}/reroll", reroll_page),
+        web.post("/images/{name}/vary", vary_page),
+        web.get("/jobs/{id}/image", job_image),
+        web.get("/jobs/{id}/thumbnail", job_thumbnail),
+        web.get("/loras/{id}/loss", training_loss),
+        *board.routes(),
+    ]
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/health", health),
@@ -247,5 +313,5 @@ def create_app(
     app = web.Application(middlewares=[errors, guard], client_max_size=1024 * 1024)
     if service is not None:
         app[SERVICE] = service
-    app.add_routes(routes() + (extra_routes or []))
+    app.add_routes(routes() + board_routes() + (extra_routes or []))
     return app

@@ -64,6 +64,11 @@ def build_methods(
         "bench": lambda s, p: s.start_bench(p),
         "bench_results": lambda s, p: s.benchmarks.results(p),
         "logs": lambda s, p: s.logs(p),
+        # The review board's operations (issue 14); images and thumbnails are HTTP only.
+        "pages": lambda s, p: s.pages.list(p),
+        "reroll": lambda s, p: s.reroll(p.pop("image", None), p),
+        "vary": lambda s, p: s.vary(p.pop("image", None), p),
+        "training_loss": lambda s, p: s.training.loss(p.pop("id", None), p),
         **(extra or {}),
     }
     return {name: _adapt(fn) for name, fn in table.items()}
