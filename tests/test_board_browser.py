@@ -184,6 +184,10 @@ def test_pages_view_approve_reroll_vary(board: Any, daemon: DaemonProcess, tmp_p
     varied = log_entry(daemon, "ch01_p001_v4")
     assert (varied["seed"], varied["loraStrength"]) == (new["seed"], 0.5)
 
+    shot = shoot(page, tmp_path, "pages")
+    if target := os.environ.get("BOARD_SCREENSHOT"):
+        shutil.copyfile(shot, target)
+
     # Reproduce is another issue's route: until it lands the board says so, and nothing breaks.
     v1.get_by_role("button", name="Reproduce").click()
     page.wait_for_function(
@@ -195,9 +199,6 @@ def test_pages_view_approve_reroll_vary(board: Any, daemon: DaemonProcess, tmp_p
     graph = page.request.get(daemon.url + "/images/ch01_p001_v1/workflow").json()
     assert any(n["class_type"] == "KSampler" and n["inputs"]["seed"] == 11 for n in graph.values())
     expect(v1.get_by_role("link", name="Open image")).to_have_attribute("href", "/images/ch01_p001_v1")
-    shot = shoot(page, tmp_path, "pages")
-    if target := os.environ.get("BOARD_SCREENSHOT"):
-        shutil.copyfile(shot, target)
 
 
 def test_queue_and_trainings_views(
