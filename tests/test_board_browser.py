@@ -14,6 +14,7 @@ view is also copied there (scripts/board-screenshot.sh regenerates docs/board.pn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, write_fake_python
-from tests.support.processes import DEMO_LORA, ComfyServer, DaemonProcess
+from tests.support.processes import DEMO_LORA, ComfyServer, DaemonProcess, free_port
 from tests.support.training import make_dataset
 
 pytestmark = pytest.mark.comfyui
@@ -78,9 +79,10 @@ def daemon(comfyui: ComfyServer, start_daemon: Any, tmp_path: Path) -> DaemonPro
     )
 
 
-@pytest.fixture
-def board(browser: Any, daemon: DaemonProcess) -> Iterator[Any]:
-    """The board open in a fresh browser page; a script error or a blocked resource fails the test."""
+@contextlib.contextmanager
+def opened(browser: Any, url: str) -> Iterator[Any]:
+    """The board open in a fresh browser page; a script error or a resource the page's policy
+    refused fails the test."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(BROWSER_MS)
@@ -92,10 +94,16 @@ def board(browser: Any, daemon: DaemonProcess) -> Iterator[Any]:
             problems.append(m.text)  # something the board tried to load or run was refused
 
     page.on("console", console)
-    page.goto(daemon.url + "/")
+    page.goto(url + "/")
     yield page
     context.close()
     assert problems == []
+
+
+@pytest.fixture
+def board(browser: Any, daemon: DaemonProcess) -> Iterator[Any]:
+    with opened(browser, daemon.url) as page:
+        yield page
 
 
 @pytest.fixture
@@ -284,3 +292,19 @@ def test_health_view(board: Any, tmp_path: Path) -> None:
     expect(health.get_by_role("region", name="Warnings")).to_contain_text("no mps device")
     expect(page.get_by_text("ComfyUI up", exact=True)).to_be_visible()  # the status line, on every view
     shoot(page, tmp_path, "health")
+
+
+def test_comfyui_away_is_said_on_every_view(browser: Any, start_daemon: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    daemon = start_daemon(COMFYUI_URL=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with opened(browser, daemon.url) as page:
+        expect(page.get_by_text("ComfyUI away", exact=True)).to_be_visible()  # the status line
+        page.get_by_role("link", name="Queue").click()
+        expect(page.get_by_text(re.compile("ComfyUI is away .*generations cannot run"))).to_be_visible()
+        page.get_by_role("link", name="Health").click()
+        expect(page.get_by_role("region", name="Health").get_by_text("ComfyUI is away")).to_be_visible()
+        page.get_by_role("link", name="Trainings").click()  # needs COMFYUI_DIR: says so, no crash
+        expect(page.get_by_role("alert")).to_contain_text("COMFYUI_DIR")
+        page.get_by_role("link", name="Health").click()
+        shoot(page, tmp_path, "health-comfyui-away")
