@@ -113,7 +113,7 @@ class PagesOps:
         self._core.check_accepting()
         parse(RerollRequest, body or {})
         request = await self._request_of(version_name(value))
-        del request["seed"]  # drawn anew, and recorded, by the validation
+        request.pop("seed", None)  # drawn anew, and recorded, by the validation
         return await self._core.submit_generation(parse(GenerateRequest, request))
 
     async def vary(self, value: Any, body: Any = None) -> Job:

@@ -11,8 +11,17 @@ import * as trainings from "./trainings.js";
 
 const VIEWS = { pages, queue, trainings, health };
 const EVENT_TYPES = [
-  "job.queued", "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled",
-  "job.interrupted", "training.progress", "training.checkpoint", "comfyui.up", "comfyui.down",
+  "job.queued",
+  "job.started",
+  "job.progress",
+  "job.succeeded",
+  "job.failed",
+  "job.cancelled",
+  "job.interrupted",
+  "training.progress",
+  "training.checkpoint",
+  "comfyui.up",
+  "comfyui.down",
 ];
 const ENDED = new Set(["job.succeeded", "job.failed", "job.cancelled", "job.interrupted"]);
 const HEALTH_EVERY_MS = 15000; // ComfyUI can go away without a job noticing

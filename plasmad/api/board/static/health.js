@@ -7,18 +7,23 @@ export function render(root, ctx) {
   const { state } = ctx;
   const health = state.health;
   if (!health) {
-    if (state.errors.health) message(root, `plasmad does not answer: ${state.errors.health.message}`, "error");
+    if (state.errors.health)
+      message(root, `plasmad does not answer: ${state.errors.health.message}`, "error");
     return;
   }
   const info = health.comfyuiInfo || {};
   const devices = (info.devices || []).map((d) => `${d.name} (${d.type})`).join(", ");
   const process = info.process || {};
-  fill(root,
+  fill(
+    root,
     h(
       "section",
       { "aria-labelledby": "health-comfyui" },
       h("h3", { id: "health-comfyui", text: "ComfyUI" }),
-      h("p", { class: `big ${health.comfyui ? "good" : "bad"}`, text: health.comfyui ? "ComfyUI is up" : "ComfyUI is away" }),
+      h("p", {
+        class: `big ${health.comfyui ? "good" : "bad"}`,
+        text: health.comfyui ? "ComfyUI is up" : "ComfyUI is away",
+      }),
       facts([
         ["Address", info.url],
         ["Error", info.error],
@@ -41,13 +46,22 @@ export function render(root, ctx) {
         ["Taking new work", health.accepting === false ? "no: stopping" : "yes"],
       ]),
     ),
-    h("section", { "aria-labelledby": "health-bench" }, h("h3", { id: "health-bench", text: "Last benchmark" }), bench(health.bench)),
+    h(
+      "section",
+      { "aria-labelledby": "health-bench" },
+      h("h3", { id: "health-bench", text: "Last benchmark" }),
+      bench(health.bench),
+    ),
     h(
       "section",
       { "aria-labelledby": "health-warnings" },
       h("h3", { id: "health-warnings", text: "Warnings" }),
       health.warnings.length
-        ? h("ul", { class: "warnings" }, health.warnings.map((w) => h("li", { text: w })))
+        ? h(
+            "ul",
+            { class: "warnings" },
+            health.warnings.map((w) => h("li", { text: w })),
+          )
         : h("p", { class: "muted", text: "None." }),
     ),
   );
@@ -58,7 +72,10 @@ function bench(record) {
   const passed = record.passed === true ? "passed" : record.passed === false ? "failed" : "not judged";
   return facts([
     ["When", when(record.finishedAt || record.at || record.startedAt)],
-    ["Size", record.width && record.height ? `${record.width}×${record.height}, ${record.steps} steps` : null],
+    [
+      "Size",
+      record.width && record.height ? `${record.width}×${record.height}, ${record.steps} steps` : null,
+    ],
     ["Seconds an image", record.secondsPerImage === undefined ? null : number(record.secondsPerImage, 1)],
     ["Iterations a second", record.itPerSec === undefined ? null : number(record.itPerSec, 2)],
     ["Against the 2-minute bar", passed],

@@ -15,7 +15,10 @@ export function render(root, ctx) {
   if (!state.pages) return;
   const chapters = state.pages.chapters;
   if (!chapters.length) {
-    message(root, "No generated pages yet: generate one (plasmactl generate -c 1 --page 1) and it appears here.");
+    message(
+      root,
+      "No generated pages yet: generate one (plasmactl generate -c 1 --page 1) and it appears here.",
+    );
     return;
   }
   reconcile(root, chapters, {
@@ -127,8 +130,19 @@ function versionCard(v, ctx) {
   const picture = v.hasImage
     ? h(
         "a",
-        { class: "thumb", href: image, target: "_blank", rel: "noopener", "aria-label": `Open image ${v.name}` },
-        h("img", { src: `${image}/thumbnail?size=${THUMB}`, alt: v.name, loading: "lazy", decoding: "async" }),
+        {
+          class: "thumb",
+          href: image,
+          target: "_blank",
+          rel: "noopener",
+          "aria-label": `Open image ${v.name}`,
+        },
+        h("img", {
+          src: `${image}/thumbnail?size=${THUMB}`,
+          alt: v.name,
+          loading: "lazy",
+          decoding: "async",
+        }),
       )
     : h("div", { class: "thumb missing", text: "image missing" });
   return h(
@@ -154,9 +168,13 @@ function actions(v, ctx) {
     text: v.approved ? "Unapprove" : "Approve",
     "aria-label": `${v.approved ? "Unapprove" : "Approve"} ${v.name}`,
     onclick: () =>
-      ctx.act(approve, () => post(`/images/${enc(v.name)}/approve`, { approved: !v.approved }).then(done(ctx)), {
-        done: `${v.name} ${v.approved ? "unapproved" : "approved"}`,
-      }),
+      ctx.act(
+        approve,
+        () => post(`/images/${enc(v.name)}/approve`, { approved: !v.approved }).then(done(ctx)),
+        {
+          done: `${v.name} ${v.approved ? "unapproved" : "approved"}`,
+        },
+      ),
   });
   const reroll = h("button", {
     type: "button",
@@ -211,7 +229,12 @@ function varyForm(v, ctx) {
     fields.push(strengthField("ControlNet strength", "controlnetStrength", v.controlnetStrength, 0.4, 0.9));
   }
   if (!fields.length) return null;
-  const button = h("button", { type: "submit", "data-focus": "vary", "aria-label": `Vary ${v.name}`, text: "Vary" });
+  const button = h("button", {
+    type: "submit",
+    "data-focus": "vary",
+    "aria-label": `Vary ${v.name}`,
+    text: "Vary",
+  });
   const form = h(
     "form",
     {
@@ -236,7 +259,8 @@ function varyForm(v, ctx) {
     ...fields,
     button,
   );
-  return h("details", { class: "vary", "data-focus": "vary-details" }, h("summary", { text: "Vary…" }), form);
+  const summary = h("summary", { text: "Vary…" });
+  return h("details", { class: "vary", "data-focus": "vary-details" }, summary, form);
 }
 
 function strengthField(label, name, value, min, max) {

@@ -27,7 +27,8 @@ export function render(root, ctx) {
   const comfyDown = state.health && state.health.comfyui === false;
   banner.hidden = !comfyDown;
   banner.textContent = comfyDown
-    ? `ComfyUI is away (${state.health.comfyuiInfo?.error || "it does not answer"}): generations cannot run until it is back.`
+    ? `ComfyUI is away (${state.health.comfyuiInfo?.error || "it does not answer"}): ` +
+      "generations cannot run until it is back."
     : "";
   const groups = GROUPS.map(([key, title, wanted]) => {
     const jobs = state.jobs.filter(wanted);
@@ -65,7 +66,8 @@ export function describe(job) {
   const r = job.request || {};
   if (job.kind === "train") return `training ${r.outputName || ""}`.trim();
   if (r.chapter && r.page) {
-    return `ch${String(r.chapter).padStart(2, "0")}_p${String(r.page).padStart(3, "0")}, seed ${job.seed ?? "?"}`;
+    const page = `ch${String(r.chapter).padStart(2, "0")}_p${String(r.page).padStart(3, "0")}`;
+    return `${page}, seed ${job.seed ?? "?"}`;
   }
   const prompt = String(r.prompt || "");
   return prompt.length > 60 ? `“${prompt.slice(0, 60)}…”` : `“${prompt}”`;

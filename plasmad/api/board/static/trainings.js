@@ -53,7 +53,11 @@ export function render(root, ctx) {
   }
   if (!state.trainings) return;
   if (!root.querySelector(".trainings")) {
-    fill(root, h("div", { class: "trainings" }), h("section", { class: "loras", "aria-labelledby": "loras-title" }));
+    fill(
+      root,
+      h("div", { class: "trainings" }),
+      h("section", { class: "loras", "aria-labelledby": "loras-title" }),
+    );
   }
   const list = root.querySelector(".trainings");
   const { trainings } = state.trainings;
@@ -86,7 +90,8 @@ function updateTraining(el, t, ctx) {
   el.className = `training ${t.status}`;
   const running = t.status === "running";
   const figures = el.querySelector(".figures");
-  fill(figures,
+  fill(
+    figures,
     h(
       "p",
       { class: "progress-line" },
@@ -111,7 +116,11 @@ function updateTraining(el, t, ctx) {
           "details",
           { class: "warnings" },
           h("summary", { text: `Warnings (${t.warnings.length})` }),
-          h("ul", {}, t.warnings.map((w) => h("li", { text: w }))),
+          h(
+            "ul",
+            {},
+            t.warnings.map((w) => h("li", { text: w })),
+          ),
         )
       : null,
   );
@@ -142,9 +151,13 @@ function renderCheckpoints(box, t, ctx) {
       text: "Promote",
       disabled: !c.complete,
       onclick: () =>
-        ctx.act(promote, () => post(`/loras/${enc(t.id)}/promote`, c.step === null ? {} : { step: c.step }), {
-          done: (r) => `${label} of ${t.outputName} promoted as ${r.loraId}${r.copied === false ? " (already there)" : ""}`,
-        }).then(() => ctx.soon("trainings", 0)),
+        ctx
+          .act(promote, () => post(`/loras/${enc(t.id)}/promote`, c.step === null ? {} : { step: c.step }), {
+            done: (r) =>
+              `${label} of ${t.outputName} promoted as ${r.loraId}` +
+              (r.copied === false ? " (already there)" : ""),
+          })
+          .then(() => ctx.soon("trainings", 0)),
     });
     return h(
       "tr",
@@ -163,7 +176,11 @@ function renderCheckpoints(box, t, ctx) {
       h(
         "thead",
         {},
-        h("tr", {}, ["Checkpoint", "File", "Size", "Action"].map((c) => h("th", { scope: "col", text: c }))),
+        h(
+          "tr",
+          {},
+          ["Checkpoint", "File", "Size", "Action"].map((c) => h("th", { scope: "col", text: c })),
+        ),
       ),
       h("tbody", {}, rows),
     ),
@@ -183,12 +200,20 @@ function renderSamples(box, t, ctx) {
       "aria-label": `Draw samples of ${t.outputName}`,
       text: "Draw samples",
       onclick: () =>
-        ctx.act(draw, () => post(`/loras/${enc(t.id)}/samples`, {}), {
-          done: (s) => `${s.total} samples of ${t.outputName} queued`,
-        }).then(() => ctx.soon("trainings", 0)),
+        ctx
+          .act(draw, () => post(`/loras/${enc(t.id)}/samples`, {}), {
+            done: (s) => `${s.total} samples of ${t.outputName} queued`,
+          })
+          .then(() => ctx.soon("trainings", 0)),
     });
     box.replaceChildren(
-      h("p", {}, draw, " ", h("span", { class: "muted", text: "the same prompts and seeds for every checkpoint" })),
+      h(
+        "p",
+        {},
+        draw,
+        " ",
+        h("span", { class: "muted", text: "the same prompts and seeds for every checkpoint" }),
+      ),
     );
     return;
   }
@@ -223,7 +248,9 @@ function sampleGrid(t, samples, ctx) {
       "tr",
       {},
       h("th", { scope: "row", text: row.label }),
-      row.jobs.map((jobId, j) => h("td", {}, sampleCell(jobId, `${row.label}, prompt ${j + 1}`, failed, jobs, samples))),
+      row.jobs.map((jobId, j) =>
+        h("td", {}, sampleCell(jobId, `${row.label}, prompt ${j + 1}`, failed, jobs, samples)),
+      ),
     ),
   );
   return h(
@@ -240,25 +267,41 @@ function sampleGrid(t, samples, ctx) {
 function sampleCell(jobId, label, failed, jobs, samples) {
   const job = jobs.get(jobId);
   const ok = job ? job.status === "succeeded" : samples.state === "done" && !failed.has(jobId);
-  if (failed.has(jobId) || (job && ENDED.has(job.status) && !ok)) return h("span", { class: "error", text: "failed" });
+  if (failed.has(jobId) || (job && ENDED.has(job.status) && !ok))
+    return h("span", { class: "error", text: "failed" });
   if (!ok) return h("span", { class: "muted", text: job?.status === "running" ? "drawing…" : "waiting" });
   return h(
     "a",
-    { href: `/jobs/${enc(jobId)}/image`, target: "_blank", rel: "noopener", "aria-label": `Open sample ${label}` },
+    {
+      href: `/jobs/${enc(jobId)}/image`,
+      target: "_blank",
+      rel: "noopener",
+      "aria-label": `Open sample ${label}`,
+    },
     h("img", { src: `/jobs/${enc(jobId)}/thumbnail?size=128`, alt: label, loading: "lazy" }),
   );
 }
 
 function renderLoras(section, data) {
   const own = data.loras.filter((l) => l.inFolder);
-  fill(section,
+  fill(
+    section,
     h("h3", { id: "loras-title", text: "LoRAs in ComfyUI" }),
     data.comfyuiError ? h("p", { class: "error", text: `ComfyUI's list: ${data.comfyuiError}` }) : null,
     own.length
       ? h(
           "ul",
           { class: "lora-list" },
-          own.map((l) => h("li", {}, l.name, l.comfyui === false ? h("span", { class: "muted", text: " (ComfyUI has not listed it yet)" }) : null)),
+          own.map((l) =>
+            h(
+              "li",
+              {},
+              l.name,
+              l.comfyui === false
+                ? h("span", { class: "muted", text: " (ComfyUI has not listed it yet)" })
+                : null,
+            ),
+          ),
         )
       : h("p", { class: "muted", text: "None in its loras folder." }),
   );
