@@ -40,6 +40,7 @@ from plasmad.core.states import JobKind
 from plasmad.core.store import JobStore
 from plasmad.training.backend import TrainSpec
 from plasmad.training.kohya.backend import KohyaTrainer
+from plasmad.training.loss_log import LossLog, read_loss
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, probe_answer, write_fake_python
 from tests.support.app import FINISHED, eventually, expect_error, make_config, release_fake, rpc
@@ -698,3 +699,48 @@ async def test_extra_args_that_touch_our_flags_are_a_configuration_error(open_ri
     resp = await rig.post("/loras/train", {"datasetDir": str(rig.dataset), "outputName": NAME})
     error = await expect_error(resp, 503, "KOHYA_EXTRA_ARGS")
     assert "set by Plasma" in error["message"]
+
+
+# --- the loss log (the review board's curve) -------------------------------------------------------------
+
+
+async def test_the_loss_log_has_each_steps_last_value(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_KOHYA_CASE", "success")
+    t = await rig.wait((await rig.train(steps=6, saveEverySteps=2))["id"])
+    resp = await rig.client.get(f"/loras/{t['id']}/loss")
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    # kohya's avr_loss per step, as its bar drew it last at that step (the captured run's values).
+    losses = [1.21, 1.1, 1.08, 1.08, 1.07, 1.05]
+    assert body == {"training": t["id"], "points": [{"step": n, "loss": v} for n, v in enumerate(losses, 1)]}
+    assert body["points"][-1]["loss"] == t["loss"]
+    log = Path(t["logFile"]).with_name("loss.jsonl")
+    assert len(log.read_text().splitlines()) <= 2 * 6  # a step drawn twice has two lines at most
+    later = await (await rig.client.get(f"/loras/{t['id']}/loss?after=4")).json()
+    assert [p["step"] for p in later["points"]] == [5, 6]
+    assert (await rpc(rig.service, "training_loss", {"id": t["id"], "after": 5}))["result"]["points"] == [
+        {"step": 6, "loss": 1.05}
+    ]
+    await expect_error(await rig.client.get(f"/loras/{t['id']}/loss?after=-1"), 400, "after")
+    await expect_error(await rig.client.get("/loras/t_000000000000/loss"), 404)
+
+
+def test_the_loss_log_reader_skips_what_it_cannot_use(tmp_path: Path) -> None:
+    log = tmp_path / "loss.jsonl"
+    log.write_text(
+        '{"step": 1, "loss": 0.9}\n{"step": 2, "loss": 0.8}\n{"step": 2, "loss": 0.7}\n'
+        '{"step": 3, "loss": NaN}\nnot json\n{"step": "4", "loss": 1}\n{"step": 5, "lo'
+    )
+    assert read_loss(log) == [(1, 0.9), (2, 0.7)]
+    assert read_loss(log, after=1) == [(2, 0.7)]
+    assert read_loss(tmp_path / "none.jsonl") == []
+
+
+async def test_the_loss_log_is_written_off_the_loop_in_order(tmp_path: Path) -> None:
+    log = LossLog(tmp_path / "t" / "loss.jsonl")
+    for step in range(1, 201):
+        log.record(step, 1.0 / step)
+        log.record(step, 1.0 / step)  # the same drawing twice: one line
+    await log.close()
+    assert read_loss(tmp_path / "t" / "loss.jsonl") == [(s, 1.0 / s) for s in range(1, 201)]
+    assert len((tmp_path / "t" / "loss.jsonl").read_text().splitlines()) == 200

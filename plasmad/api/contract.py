@@ -45,7 +45,8 @@ class Route:
     method: str  #: GET | POST
     path: str  #: aiohttp's spelling: /jobs/{id}
     handler: Handler
-    response: type[BaseModel]  #: the success body (for a stream: the model of each event's data)
+    #: The success body (for a stream: the model of each event's data); None: a file of `media_type`.
+    response: type[BaseModel] | None
     summary: str
     status: int = 200
     also: tuple[int, ...] = ()  #: more success statuses, same body (200 for "nothing new queued")

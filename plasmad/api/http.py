@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from plasmad.api import openapi
+from plasmad.api import board, openapi
 from plasmad.api.contract import EVENT_STREAM, Handler, Header, Route
 from plasmad.api.methods import methods as rpc_methods
 from plasmad.api.service import Service
@@ -35,11 +35,18 @@ from plasmad.core.wire import (
     JobWaitParams,
     ListJobsParams,
     LogsParams,
+    LossParams,
+    LossView,
     PageRequest,
+    PagesParams,
+    PagesView,
     PromoteRequest,
+    RerollRequest,
+    ThumbnailParams,
     TrainingView,
     TrainRequest,
     TrainSamplesRequest,
+    VaryRequest,
 )
 from plasmad.core.wire_views import (
     BenchRecord,
@@ -262,9 +269,61 @@ async def _pump(resp: EventSourceResponse, events: AsyncIterator[Event]) -> None
         await resp.send(json.dumps(body), id=event.id, event=event.type)
 
 
+# --- the review board (issue 14): pages and versions, their images, new versions, the loss log ------
+# Images are files sent as they are (aiohttp's FileResponse: off the event loop, with ETag and
+# conditional requests); the board itself is `plasmad.api.board`.
+
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+async def list_pages(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).pages.list(dict(request.query)))
+
+
+async def page_image(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.image(request.match_info["name"])
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def page_thumbnail(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.thumbnail(request.match_info["name"], dict(request.query))
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def page_workflow(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).pages.workflow(request.match_info["name"]))
+
+
+async def reroll_page(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await _svc(request).reroll(request.match_info["name"], body), status=202)
+
+
+async def vary_page(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response(await _svc(request).vary(request.match_info["name"], body), status=202)
+
+
+async def job_image(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.job_image(request.match_info["id"])
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def job_thumbnail(request: web.Request) -> web.StreamResponse:
+    path = await _svc(request).pages.job_thumbnail(request.match_info["id"], dict(request.query))
+    return web.FileResponse(path, headers=IMAGE_HEADERS)
+
+
+async def training_loss(request: web.Request) -> web.Response:
+    result = await _svc(request).training.loss(request.match_info["id"], dict(request.query))
+    return web.json_response(result)
+
+
 # --- the routes, each declared once with its models: served here, described by GET /openapi.json ---
 
 SUBMITS = (409, 503)  # a staged file in the way; ComfyUI, a setting or the daemon (stopping) missing
+NAMED = (400, 503)  # a name that is not chXX_pNNN_vN; no pipeline folder configured
+PNG, JPEG, HTML, JS = "image/png", "image/jpeg", "text/html", "text/javascript"  # answers that are files
 
 
 def routes() -> list[Route]:
@@ -314,6 +373,28 @@ def routes() -> list[Route]:
           headers=(H("Last-Event-ID", "the last event id seen: replay what came after it"),), tag="events",
           description=events.__doc__),
         R("GET", "/openapi.json", openapi_document, OpenApiDocument, "This document", tag="operations"),
+        # The review board (issue 14): pages and versions, their images, new versions, the loss log,
+        # and the board's own files (plasmad.api.board).
+        R("GET", "/pages", list_pages, PagesView, "Chapters, pages and versions from the generation logs",
+          query=PagesParams, errors=(503,), rpc="pages", tag="board"),
+        R("GET", "/images/{name}", page_image, None, "A version's image", media_type=PNG,
+          errors=NAMED, tag="board"),
+        R("GET", "/images/{name}/thumbnail", page_thumbnail, None, "A version's thumbnail (cached)",
+          query=ThumbnailParams, media_type=JPEG, errors=NAMED, tag="board"),
+        R("GET", "/images/{name}/workflow", page_workflow, Workflow, "A version's workflow JSON",
+          errors=NAMED, tag="board"),
+        R("POST", "/images/{name}/reroll", reroll_page, JobView, "Again with a new seed", status=202,
+          body=RerollRequest, errors=SUBMITS, rpc="reroll", tag="board"),
+        R("POST", "/images/{name}/vary", vary_page, JobView, "Again with the same seed, another strength",
+          status=202, body=VaryRequest, errors=SUBMITS, rpc="vary", tag="board"),
+        R("GET", "/jobs/{id}/image", job_image, None, "A job's image", media_type=PNG, tag="board"),
+        R("GET", "/jobs/{id}/thumbnail", job_thumbnail, None, "A job's thumbnail (cached)",
+          query=ThumbnailParams, media_type=JPEG, tag="board"),
+        R("GET", "/loras/{id}/loss", training_loss, LossView, "A training's loss at each step",
+          query=LossParams, rpc="training_loss", tag="training"),
+        R("GET", "/", board.index, None, "The review board", media_type=HTML, tag="board"),
+        R("GET", "/board/{name}", board.asset, None, "The board's scripts and styles", media_type=JS,
+          tag="board"),
     ]  # fmt: skip
 
 

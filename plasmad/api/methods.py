@@ -18,12 +18,18 @@ from plasmad.core.wire import (
     JobView,
     ListJobsParams,
     LogsParams,
+    LossView,
     PageRequest,
+    PagesParams,
+    PagesView,
     PromoteParams,
+    RerollParams,
     StatusParams,
+    TrainingLossParams,
     TrainingView,
     TrainRequest,
     TrainSamplesParams,
+    VaryParams,
 )
 from plasmad.core.wire_views import (
     BenchRecord,
@@ -73,4 +79,12 @@ def methods() -> list[RpcMethod]:
           BenchResultsParams),
         M("logs", lambda s, p: s.logs(p), LogsView, "A log", LogsParams),
         M("shutdown", None, ShutdownView, "Stop plasmad in order (the same path as SIGTERM)"),
+        # The review board's operations (issue 14); images and thumbnails are HTTP only.
+        M("pages", lambda s, p: s.pages.list(p), PagesView, "Chapters, pages and versions", PagesParams),
+        M("reroll", lambda s, p: s.reroll(p.pop("image", None), p), JobView, "Again with a new seed",
+          RerollParams),
+        M("vary", lambda s, p: s.vary(p.pop("image", None), p), JobView, "Same seed, another strength",
+          VaryParams),
+        M("training_loss", lambda s, p: s.training.loss(p.pop("id", None), p), LossView,
+          "A training's loss at each step", TrainingLossParams),
     ]  # fmt: skip

@@ -81,7 +81,8 @@ def _wanted(routes: Sequence[Route], methods: Sequence[RpcMethod]) -> list[tuple
     ]
     for r in routes:
         wanted += [(m, "validation") for m in (r.body, r.query) if m is not None]
-        wanted.append((r.response, "serialization"))
+        if r.response is not None:
+            wanted.append((r.response, "serialization"))
     for m in methods:
         if m.params is not None:
             wanted.append((m.params, "validation"))
@@ -130,8 +131,10 @@ def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
 
 
 def _success(route: Route, schemas: _Schemas) -> dict[str, Any]:
-    if route.media_type == EVENT_STREAM:
-        content: dict[str, Any] = {
+    if route.response is None:  # a file (an image, the board's page): its bytes as they are
+        content: dict[str, Any] = {"schema": {"type": "string", "contentMediaType": route.media_type}}
+    elif route.media_type == EVENT_STREAM:
+        content = {
             "schema": {"type": "string", "description": "Server-Sent Events: `event: <type>`, `id`, `data`"},
             "x-event-data": schemas.ref(route.response, "serialization"),
         }

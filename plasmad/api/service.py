@@ -29,6 +29,7 @@ from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import run_doctor
 from plasmad.operations.health import health
 from plasmad.operations.logs import read_logs
+from plasmad.pages.ops import PagesOps
 from plasmad.training.handler import TrainingHandler
 from plasmad.training.ops import TrainingOps
 
@@ -41,6 +42,7 @@ class Service:
         self.datasets = DatasetOps(core)
         self.training = TrainingOps(core)
         self.benchmarks = Bench(core)  #: INFRA-04
+        self.pages = PagesOps(core)  #: the review board's pages, versions and images
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -64,6 +66,14 @@ class Service:
 
     async def approve(self, body: Any) -> dict[str, Any]:
         return await self.generation.approve(body)
+
+    # --- the review board (issue 14): new versions of a page ---------------------------------------
+
+    async def reroll(self, image: Any, body: Any = None) -> dict[str, Any]:
+        return await self.jobs.view(await self.pages.reroll(image, body))
+
+    async def vary(self, image: Any, body: Any = None) -> dict[str, Any]:
+        return await self.jobs.view(await self.pages.vary(image, body))
 
     # --- operating it -----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from plasmad.core.states import JobStatus
 from plasmad.core.store import Job, now
 from plasmad.training.backend import Outcome, TrainerBackend, TrainEvents, TrainProgress, TrainSpec
 from plasmad.training.checkpoints import Checkpoint, list_checkpoints
+from plasmad.training.loss_log import LossLog, loss_path
 from plasmad.training.state import Announced, TrainingState, spec_of
 from plasmad.training.trainers import make_backend
 
@@ -61,10 +62,10 @@ class TrainingHandler:
         state.total, state.outcome, state.reason, state.advice = spec.steps, None, None, None
         state.store_in(job)
         await self._free_comfyui(job)
-        events = _Events(self, ctx, spec).events()
+        reporter = _Events(self, ctx, spec)
         log.info("training %s: %s starts (%d steps)", job.id, backend.name, spec.steps)
         try:
-            outcome = await backend.run(spec, events, stop)
+            outcome = await backend.run(spec, reporter.events(), stop)
         except asyncio.CancelledError:
             if ctx.parked:
                 await self._park(job, spec, backend)
@@ -74,6 +75,7 @@ class TrainingHandler:
             raise
         finally:
             self._stops.pop(job.id, None)
+            await reporter.close()
         error = await self._settle(job, spec, outcome)
         if error is not None:
             raise error
@@ -163,9 +165,13 @@ class _Events:
         self._spec = spec
         self._persisted = time.monotonic()
         self._published_step: int | None = None
+        self._loss = LossLog(loss_path(spec.log_path))  #: every loss value, for the board's curve
 
     def events(self) -> TrainEvents:
         return TrainEvents(progress=self.progress, checkpoint=self.checkpoint, started=self.started)
+
+    async def close(self) -> None:
+        await self._loss.close()
 
     async def _persist(self) -> None:
         self._persisted = time.monotonic()
@@ -176,6 +182,7 @@ class _Events:
         state.step, state.sec_per_step, state.eta_seconds = p.step, p.sec_per_step, p.eta_seconds
         if p.loss is not None:
             state.loss = p.loss
+            self._loss.record(p.step, p.loss)
         state.store_in(self._job)
         await self._ctx.report(p.step, p.total)
         if p.step != self._published_step:  # kohya draws each step twice

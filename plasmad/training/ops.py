@@ -25,10 +25,20 @@ from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.core.states import ACTIVE_STATES, JobKind, JobStatus
 from plasmad.core.store import Job
-from plasmad.core.wire import CheckpointView, TrainingView, TrainRequest, dump, parse
+from plasmad.core.wire import (
+    CheckpointView,
+    LossParams,
+    LossPoint,
+    LossView,
+    TrainingView,
+    TrainRequest,
+    dump,
+    parse,
+)
 from plasmad.core.wire_views import LorasView, checked
 from plasmad.training.checkpoints import list_checkpoints
 from plasmad.training.comfy_trainer.staging import OWN_FOLDER
+from plasmad.training.loss_log import loss_path, read_loss
 from plasmad.training.promote import PromoteOps
 from plasmad.training.samples import SAMPLES_LORA_FOLDER, SampleOps
 from plasmad.training.state import (
@@ -188,6 +198,14 @@ class TrainingOps:
         job = await find_training(self._core, training_id)
         await self._core.queue.cancel(job)
         return await self.view(await find_training(self._core, training_id))
+
+    async def loss(self, training_id: Any, query: Any = None) -> dict[str, Any]:
+        """The loss at each step so far (the board's curve); with `after`, only the newer steps."""
+        params = parse(LossParams, query or {})
+        job = await find_training(self._core, training_id)
+        path = loss_path(spec_of(job).log_path)
+        points = await asyncio.to_thread(read_loss, path, params.after)
+        return dump(LossView(training=job.id, points=[LossPoint(step=s, loss=v) for s, v in points]))
 
     # --- choosing the checkpoint (LORA-02/03) ------------------------------------------------------
 

@@ -23,6 +23,8 @@ Environment:
   FAKE_KOHYA_SELF_KILL    1 (sigkill case): SIGKILL itself where the trainer died, instead of
                           replaying the launcher's `died with <Signals.SIGKILL: 9>` and exit 1
   FAKE_KOHYA_ARGV_LOG     a file to write {"argv", "cwd", "env"} to, as JSON
+  FAKE_KOHYA_CHECKPOINT_FILE  a real LoRA whose bytes every checkpoint gets (default: an empty but
+                          valid safetensors), so that a real ComfyUI can sample the checkpoints
 """
 
 from __future__ import annotations
@@ -127,10 +129,13 @@ def replay(case_dir: Path, output_dir: Path, output_name: str) -> int:
     files = [name.replace(fixture_name, output_name, 1) for name in files]
     written: set[str] = set()
 
+    checkpoint_file = os.environ.get("FAKE_KOHYA_CHECKPOINT_FILE")
+    checkpoint = Path(checkpoint_file).read_bytes() if checkpoint_file else placeholder_safetensors()
+
     def write_file(name: str) -> None:
         if name in files and name not in written:
             written.add(name)
-            (output_dir / name).write_bytes(placeholder_safetensors())
+            (output_dir / name).write_bytes(checkpoint)
 
     def renamed(line: bytes) -> bytes:
         m = CHECKPOINT_LINE.search(line)

@@ -4,6 +4,23 @@
  */
 
 export interface paths {
+    "/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The review board */
+        get: operations["index"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/bench": {
         parameters: {
             query?: never;
@@ -16,6 +33,23 @@ export interface paths {
         put?: never;
         /** Queue the INFRA-04 benchmark */
         post: operations["startBench"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/board/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The board's scripts and styles */
+        get: operations["asset"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -96,6 +130,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/images/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A version's image */
+        get: operations["pageImage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/images/{name}/approve": {
         parameters: {
             query?: never;
@@ -107,6 +158,74 @@ export interface paths {
         put?: never;
         /** Approve a page (its log entry) */
         post: operations["approveImage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/images/{name}/reroll": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Again with a new seed */
+        post: operations["rerollPage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/images/{name}/thumbnail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A version's thumbnail (cached) */
+        get: operations["pageThumbnail"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/images/{name}/vary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Again with the same seed, another strength */
+        post: operations["varyPage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/images/{name}/workflow": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A version's workflow JSON */
+        get: operations["pageWorkflow"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -165,6 +284,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/jobs/{id}/image": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's image */
+        get: operations["jobImage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/jobs/{id}/log": {
         parameters: {
             query?: never;
@@ -174,6 +310,23 @@ export interface paths {
         };
         /** One job's log */
         get: operations["jobLog"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/jobs/{id}/thumbnail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's thumbnail (cached) */
+        get: operations["jobThumbnail"];
         put?: never;
         post?: never;
         delete?: never;
@@ -267,6 +420,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/loras/{id}/loss": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A training's loss at each step */
+        get: operations["trainingLoss"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/loras/{id}/promote": {
         parameters: {
             query?: never;
@@ -343,7 +513,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** Chapters, pages and versions from the generation logs */
+        get: operations["listPages"];
         put?: never;
         /** Queue a page from its prompt file */
         post: operations["submitPage"];
@@ -565,6 +736,23 @@ export interface components {
              * @default 10
              */
             limit?: number;
+        };
+        /** ChapterView */
+        ChapterView: {
+            /** Chapter */
+            chapter: number;
+            /**
+             * Error
+             * @default null
+             */
+            error?: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Pages
+             * @default []
+             */
+            pages?: components["schemas"]["PageView"][];
         };
         /** CheckpointView */
         CheckpointView: {
@@ -1301,6 +1489,34 @@ export interface components {
             trainings: components["schemas"]["TrainingView"][];
         };
         /**
+         * LossParams
+         * @description GET /loras/:id/loss.
+         */
+        LossParams: {
+            /**
+             * After
+             * @default null
+             */
+            after?: number | null;
+        };
+        /** LossPoint */
+        LossPoint: {
+            /** Loss */
+            loss: number;
+            /** Step */
+            step: number;
+        };
+        /**
+         * LossView
+         * @description A training's loss log: the trainer's running average at each step (kohya's avr_loss).
+         */
+        LossView: {
+            /** Points */
+            points: components["schemas"]["LossPoint"][];
+            /** Training */
+            training: string;
+        };
+        /**
          * OpenApiDocument
          * @description This document.
          */
@@ -1419,6 +1635,35 @@ export interface components {
              * @default 20
              */
             steps?: number;
+        };
+        /** PageView */
+        PageView: {
+            /** Approved */
+            approved: string[];
+            /** Chapter */
+            chapter: number;
+            /** Name */
+            name: string;
+            /** Page */
+            page: number;
+            /** Versions */
+            versions: components["schemas"]["VersionView"][];
+        };
+        /**
+         * PagesParams
+         * @description GET /pages, JSON-RPC `pages`: the pages and versions in the pipeline's generation logs.
+         */
+        PagesParams: {
+            /**
+             * Chapter
+             * @default null
+             */
+            chapter?: number | null;
+        };
+        /** PagesView */
+        PagesView: {
+            /** Chapters */
+            chapters: components["schemas"]["ChapterView"][];
         };
         /**
          * PlasmaEvent
@@ -1597,6 +1842,21 @@ export interface components {
             /** Seed */
             seed: number;
         };
+        /**
+         * RerollParams
+         * @description JSON-RPC `reroll`: the version's name (`image`, chXX_pNNN_vN).
+         */
+        RerollParams: {
+            /** Image */
+            image: string;
+        };
+        /**
+         * RerollRequest
+         * @description POST /images/:name/reroll, JSON-RPC `reroll`: the version's settings with a new seed.
+         *
+         *     Nothing to choose: the body is empty (the image's name is in the path).
+         */
+        RerollRequest: Record<string, never>;
         /** Resolution */
         Resolution: {
             /**
@@ -1679,6 +1939,17 @@ export interface components {
              * @default null
              */
             wait?: number | null;
+        };
+        /**
+         * ThumbnailParams
+         * @description GET /images/:name/thumbnail, GET /jobs/:id/thumbnail.
+         */
+        ThumbnailParams: {
+            /**
+             * Size
+             * @default 256
+             */
+            size?: number;
         };
         /**
          * TrainRequest
@@ -1848,6 +2119,19 @@ export interface components {
              */
             type: "training.checkpoint";
         };
+        /**
+         * TrainingLossParams
+         * @description JSON-RPC `training_loss`: the training's `id` and GET /loras/:id/loss's query.
+         */
+        TrainingLossParams: {
+            /**
+             * After
+             * @default null
+             */
+            after?: number | null;
+            /** Id */
+            id: string;
+        };
         /** TrainingProgressEvent */
         TrainingProgressEvent: {
             /** At */
@@ -1970,6 +2254,148 @@ export interface components {
              * @default []
              */
             warnings: string[];
+        };
+        /**
+         * VaryParams
+         * @description JSON-RPC `vary`: the version's name (`image`) and the body of POST /images/:name/vary.
+         */
+        VaryParams: {
+            /**
+             * Controlnetstrength
+             * @default null
+             */
+            controlnetStrength?: number | null;
+            /** Image */
+            image: string;
+            /**
+             * Lorastrength
+             * @default null
+             */
+            loraStrength?: number | null;
+        };
+        /**
+         * VaryRequest
+         * @description POST /images/:name/vary, JSON-RPC `vary`: the version's settings and seed, another strength.
+         */
+        VaryRequest: {
+            /**
+             * Controlnetstrength
+             * @default null
+             */
+            controlnetStrength?: number | null;
+            /**
+             * Lorastrength
+             * @default null
+             */
+            loraStrength?: number | null;
+        };
+        /**
+         * VersionView
+         * @description One version of a page: its generation-log entry as the board shows it. A field the entry
+         *     lacks (an entry another tool wrote) is None.
+         */
+        VersionView: {
+            /** Approved */
+            approved: boolean;
+            /**
+             * Cfg
+             * @default null
+             */
+            cfg?: number | null;
+            /** Chapter */
+            chapter: number;
+            /**
+             * Controlnetstrength
+             * @default null
+             */
+            controlnetStrength?: number | null;
+            /**
+             * Generationbackend
+             * @default null
+             */
+            generationBackend?: string | null;
+            /** Hasimage */
+            hasImage: boolean;
+            /** Hasworkflow */
+            hasWorkflow: boolean;
+            /**
+             * Height
+             * @default null
+             */
+            height?: number | null;
+            /** Imagefile */
+            imageFile: string;
+            /**
+             * Jobid
+             * @default null
+             */
+            jobId?: string | null;
+            /**
+             * Loraid
+             * @default null
+             */
+            loraId?: string | null;
+            /**
+             * Lorastrength
+             * @default null
+             */
+            loraStrength?: number | null;
+            /**
+             * Model
+             * @default null
+             */
+            model?: string | null;
+            /**
+             * Modelfingerprint
+             * @default null
+             */
+            modelFingerprint?: string | null;
+            /** Name */
+            name: string;
+            /** Page */
+            page: number;
+            /**
+             * Promptfile
+             * @default null
+             */
+            promptFile?: string | null;
+            /**
+             * Sampler
+             * @default null
+             */
+            sampler?: string | null;
+            /**
+             * Scheduler
+             * @default null
+             */
+            scheduler?: string | null;
+            /**
+             * Seed
+             * @default null
+             */
+            seed?: number | null;
+            /**
+             * Steps
+             * @default null
+             */
+            steps?: number | null;
+            /**
+             * Timestamp
+             * @default null
+             */
+            timestamp?: string | null;
+            /** Version */
+            version: number;
+            /**
+             * Width
+             * @default null
+             */
+            width?: number | null;
+            /**
+             * Workflowtemplate
+             * @default null
+             */
+            workflowTemplate?: string | null;
         };
         /**
          * Workflow
@@ -2141,6 +2567,28 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    index: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": string;
+                };
+            };
+            403: components["responses"]["Error403"];
+            500: components["responses"]["Error500"];
+        };
+    };
     benchResults: {
         parameters: {
             query?: {
@@ -2197,6 +2645,31 @@ export interface operations {
             415: components["responses"]["Error415"];
             500: components["responses"]["Error500"];
             503: components["responses"]["Error503"];
+        };
+    };
+    asset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/javascript": string;
+                };
+            };
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
         };
     };
     datasetReg: {
@@ -2333,6 +2806,33 @@ export interface operations {
             500: components["responses"]["Error500"];
         };
     };
+    pageImage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": string;
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
     approveImage: {
         parameters: {
             query?: never;
@@ -2363,6 +2863,199 @@ export interface operations {
             409: components["responses"]["Error409"];
             413: components["responses"]["Error413"];
             415: components["responses"]["Error415"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
+    rerollPage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RerollRequest"];
+            };
+        };
+        responses: {
+            /** @description Accepted: queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "createdAt": "2026-03-01T10:00:00.000Z",
+                     *       "error": null,
+                     *       "finishedAt": "2026-03-01T10:00:45.000Z",
+                     *       "id": "j_3f2a9c1b7d4e",
+                     *       "kind": "generate",
+                     *       "outputs": [
+                     *         "/Users/me/manga/pipeline/output/ch-01/raw/ch01_p001_v1.png"
+                     *       ],
+                     *       "progress": {
+                     *         "step": 20,
+                     *         "total": 20
+                     *       },
+                     *       "request": {
+                     *         "prompt": "spyke_plasma_v1, full body, rooftop",
+                     *         "seed": 42
+                     *       },
+                     *       "result": {
+                     *         "height": 768,
+                     *         "template": "txt2img-lora",
+                     *         "width": 512
+                     *       },
+                     *       "seed": 42,
+                     *       "startedAt": "2026-03-01T10:00:00.100Z",
+                     *       "status": "succeeded",
+                     *       "waitingFor": null
+                     *     }
+                     */
+                    "application/json": components["schemas"]["JobView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            409: components["responses"]["Error409"];
+            413: components["responses"]["Error413"];
+            415: components["responses"]["Error415"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
+    pageThumbnail: {
+        parameters: {
+            query?: {
+                size?: number;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/jpeg": string;
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
+    varyPage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["VaryRequest"];
+            };
+        };
+        responses: {
+            /** @description Accepted: queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "createdAt": "2026-03-01T10:00:00.000Z",
+                     *       "error": null,
+                     *       "finishedAt": "2026-03-01T10:00:45.000Z",
+                     *       "id": "j_3f2a9c1b7d4e",
+                     *       "kind": "generate",
+                     *       "outputs": [
+                     *         "/Users/me/manga/pipeline/output/ch-01/raw/ch01_p001_v1.png"
+                     *       ],
+                     *       "progress": {
+                     *         "step": 20,
+                     *         "total": 20
+                     *       },
+                     *       "request": {
+                     *         "prompt": "spyke_plasma_v1, full body, rooftop",
+                     *         "seed": 42
+                     *       },
+                     *       "result": {
+                     *         "height": 768,
+                     *         "template": "txt2img-lora",
+                     *         "width": 512
+                     *       },
+                     *       "seed": 42,
+                     *       "startedAt": "2026-03-01T10:00:00.100Z",
+                     *       "status": "succeeded",
+                     *       "waitingFor": null
+                     *     }
+                     */
+                    "application/json": components["schemas"]["JobView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            409: components["responses"]["Error409"];
+            413: components["responses"]["Error413"];
+            415: components["responses"]["Error415"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
+    pageWorkflow: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "3": {
+                     *         "class_type": "KSampler",
+                     *         "inputs": {
+                     *           "seed": 42,
+                     *           "steps": 20
+                     *         }
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["Workflow"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
             503: components["responses"]["Error503"];
         };
@@ -2583,6 +3276,31 @@ export interface operations {
             500: components["responses"]["Error500"];
         };
     };
+    jobImage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": string;
+                };
+            };
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
+        };
+    };
     jobLog: {
         parameters: {
             query?: {
@@ -2604,6 +3322,34 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["LogsView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
+        };
+    };
+    jobThumbnail: {
+        parameters: {
+            query?: {
+                size?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/jpeg": string;
                 };
             };
             400: components["responses"]["Error400"];
@@ -2763,6 +3509,34 @@ export interface operations {
             500: components["responses"]["Error500"];
         };
     };
+    trainingLoss: {
+        parameters: {
+            query?: {
+                after?: number | null;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LossView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
+        };
+    };
     promoteLora: {
         parameters: {
             query?: never;
@@ -2910,6 +3684,32 @@ export interface operations {
             };
             403: components["responses"]["Error403"];
             500: components["responses"]["Error500"];
+        };
+    };
+    listPages: {
+        parameters: {
+            query?: {
+                chapter?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PagesView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
         };
     };
     submitPage: {
