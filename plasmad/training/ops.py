@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from plasmad.comfy import modelfiles
+from plasmad.comfy import model_paths
 from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.core.states import ACTIVE_STATES, JobKind, JobStatus
@@ -159,8 +159,8 @@ class TrainingOps:
             await self.view(current if current is not None and current.id == j.id else j, tail=0)
             for j in jobs
         ]
-        folder = self._cfg.require_comfyui_dir() / "models" / "loras"
-        on_disk = await asyncio.to_thread(modelfiles.list_models, folder)
+        folders = await asyncio.to_thread(model_paths.model_folders, self._cfg)
+        on_disk = await asyncio.to_thread(folders.names, "loras")  # where ComfyUI looks, links followed
         listed: list[str] | None = None
         error = None
         try:
