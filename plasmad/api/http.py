@@ -188,6 +188,13 @@ async def promote_lora(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+# --- model listing (issue 11) -------------------------------------------------------------------------
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).models())
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """`GET /events`: Server-Sent Events, each `event: <type>`, `id: <boot>-<n>`, JSON data.
 
@@ -236,6 +243,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/logs", daemon_log),
         web.get("/jobs/{id}/log", job_log),
         web.get("/events", events),
+        web.get("/models", list_models),  # issue 11
     ]
 
 

@@ -64,6 +64,7 @@ def build_methods(
         "bench": lambda s, p: s.start_bench(p),
         "bench_results": lambda s, p: s.benchmarks.results(p),
         "logs": lambda s, p: s.logs(p),
+        "models": lambda s, p: s.models(),  # issue 11
         **(extra or {}),
     }
     return {name: _adapt(fn) for name, fn in table.items()}
