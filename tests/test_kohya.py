@@ -671,9 +671,9 @@ async def test_preflight_decides_precision(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"torch": None, "torch_error": "ModuleNotFoundError: No module 'torch'"}, "torch is not importable"),
-        ({"accelerate": None, "accelerate_error": "ModuleNotFoundError"}, "accelerate is not importable"),
-        ({"installed": {"torchvision": False}}, "torchvision"),
+        ({"torch": None, "torch_error": "ModuleNotFoundError: No module 'torch'"}, "torch cannot be"),
+        ({"accelerate": None, "accelerate_error": "ModuleNotFoundError"}, "accelerate cannot be imported"),
+        ({"torchvision": None, "installed": {"torchvision": False}}, "torchvision cannot be imported"),
     ],
 )
 async def test_preflight_errors_from_the_probe(
@@ -708,7 +708,7 @@ async def test_preflight_probe_code_in_a_python_without_torch(tmp_path: Path) ->
     report = await preflight(Path(sys.executable), sd_scripts(tmp_path))
     assert report.python_version == platform.python_version()
     if report.torch_version is None:
-        assert any("torch is not importable" in e for e in report.errors)
+        assert any("torch cannot be imported" in e for e in report.errors)
     assert set(report.installed) == {"torchvision", "bitsandbytes", "xformers", "triton"}
 
 

@@ -219,7 +219,7 @@ async def test_preflight_refusal_and_warnings(open_rig: OpenRig, tmp_path: Path)
     rig = await open_rig(start_worker=False, kohya_python=broken)
     resp = await rig.post("/loras/train", {"datasetDir": str(rig.dataset), "outputName": NAME})
     error = await expect_error(resp, 503)
-    assert error["name"] == "not_configured" and "torch is not importable" in error["message"]
+    assert error["name"] == "not_configured" and "torch cannot be imported" in error["message"]
 
 
 async def test_a_cpu_only_kohya_starts_with_a_loud_warning(open_rig: OpenRig, tmp_path: Path) -> None:

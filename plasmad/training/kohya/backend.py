@@ -40,7 +40,7 @@ class KohyaTrainer:
 
     async def prepare(self, spec: TrainSpec) -> Prepared:
         """INFRA-03 / LORA-04 in seconds: the venv, the device torch trains on, fp16 or not."""
-        report = await preflight(self._python, self._script)
+        report = await preflight(self._python, self._script, self._extra)
         report.raise_for_errors()
         settings = {
             "mixedPrecision": report.mixed_precision,
