@@ -19,7 +19,7 @@ from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError, not_configured
 from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
 from plasmad.training.kohya.command import KohyaParams, MixedPrecision, build_command, kohya_cwd
-from plasmad.training.kohya.outcome import classify_outcome
+from plasmad.training.kohya.outcome import classify_outcome, oom_advice
 from plasmad.training.kohya.output import CheckpointSaved, Event, Progress
 from plasmad.training.kohya.preflight import preflight
 from plasmad.training.kohya.runner import run_kohya
@@ -95,7 +95,10 @@ class KohyaTrainer:
         result = await run_kohya(argv, env, cwd, spec.log_path, on_event, stop, term_timeout=TERM_TIMEOUT_S)
         final = spec.output_dir / f"{spec.output_name}.safetensors"
         whole = await asyncio.to_thread(lambda: final.is_file() and safetensors_complete(final))
-        return classify_outcome(result.exit_code, result.signal, whole, result.tail, result.cancelled)
+        advice = oom_advice(spec.resolution, spec.network_dim)
+        return classify_outcome(
+            result.exit_code, result.signal, whole, result.tail, result.cancelled, advice_on_oom=advice
+        )
 
     async def abandon(self, spec: TrainSpec, state: dict[str, Any]) -> None:
         """A daemon killed mid-training leaves kohya running in its own session (that is what lets
