@@ -271,6 +271,17 @@ async def test_success_end_to_end(rig: Rig, tmp_path: Path, monkeypatch: pytest.
     assert {x["name"] for x in listing["loras"]} >= {"spyke_sd15.safetensors"}
 
 
+async def test_a_resolution_between_buckets_trains_at_its_bucket_and_says_so(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_KOHYA_CASE", "success")
+    t = await rig.train(steps=6, saveEverySteps=2, resolution=200)
+    assert any("resolution 200 is trained at 192x192" in w for w in t["warnings"]), t["warnings"]
+    assert (await rig.wait(t["id"]))["status"] == "succeeded"
+    launch = json.loads((tmp_path / "launch.json").read_text())
+    assert launch[launch.index("--resolution") + 1] == "192,192" and "--enable_bucket" in launch
+
+
 async def test_no_data_is_told_apart(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_KOHYA_CASE", "no_data")
     t = await rig.wait((await rig.train())["id"])
