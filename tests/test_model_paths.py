@@ -91,6 +91,13 @@ def test_a_symlinked_folder_is_followed(comfyui: Path, tmp_path: Path) -> None:
     assert model_catalog.check_model(folders, "checkpoints", "shared/anything-v5.safetensors", "checkpoint")
 
 
+def test_a_link_back_up_the_tree_is_walked_once(comfyui: Path) -> None:
+    checkpoints = comfyui / "models" / "checkpoints"
+    (checkpoints / "loop").symlink_to(checkpoints, target_is_directory=True)
+    names = load_folders(comfyui).names("checkpoints")
+    assert CHECKPOINT_SD15 in names and not any(n.startswith("loop/") for n in names)
+
+
 def test_a_dangling_link_is_skipped_and_named(comfyui: Path, tmp_path: Path) -> None:
     checkpoints = comfyui / "models" / "checkpoints"
     (checkpoints / "gone.safetensors").symlink_to(tmp_path / "unmounted-disk" / "gone.safetensors")

@@ -3,13 +3,17 @@ found, and the refusals that list the nearest valid names (HTTP, JSON-RPC and th
 
 The app is the real one in-process over the FAKE ComfyUI (what it lists is set per test); the model
 files are FAKE safetensors headers (tests/support/modelfiles.py) in real folders, links included.
+The last test runs a real plasmad with a real managed ComfyUI on the demo model (marked comfyui).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from plasmad.core.errors import ErrorCode
 from tests.support.app import Api, expect_error, rpc
@@ -24,6 +28,15 @@ from tests.support.modelfiles import (
     SD15_CHECKPOINT,
     SD15_LORA,
     write_safetensors,
+)
+from tests.support.processes import (
+    COMFY_DIR,
+    COMFY_PYTHON,
+    DEMO_CHECKPOINT,
+    DEMO_LORA,
+    DaemonEnv,
+    DaemonProcess,
+    free_port,
 )
 
 
@@ -123,3 +136,61 @@ def test_plasmactl_shows_the_nearest_names(daemon: DaemonThread) -> None:
     result = ctl(daemon, "submit", "-p", "x", "--checkpoint", "sd_15.safetensors")
     assert result.exit_code == 2
     assert f"  nearest: {CHECKPOINT_SD15}" in result.output
+
+
+# --- the real ComfyUI: a linked checkpoint and an A1111 folder, found the same way by both -------------
+
+
+@pytest.mark.comfyui
+def test_real_comfyui_loads_what_plasmad_finds(tmp_path: Path, daemon_env: DaemonEnv) -> None:
+    """The issue's setup, for real: the checkpoint is a symlink in models/checkpoints (a multi-GB
+    file kept elsewhere), the LoRA lives in an A1111 folder named by extra_model_paths.yaml. plasmad
+    accepts both names, ComfyUI loads both, and GET /models says where each was found."""
+    if not (COMFY_PYTHON.exists() and (COMFY_DIR / "models" / "checkpoints" / DEMO_CHECKPOINT).exists()):
+        if os.environ.get("CI"):
+            pytest.fail("the demo ComfyUI is not set up (scripts/setup-comfyui.sh)")
+        pytest.skip("the demo ComfyUI is not set up (scripts/setup-comfyui.sh)")
+    base = tmp_path / "comfy-base"  # ComfyUI's own models/ moves here (--base-directory)
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / "linked.safetensors").symlink_to(
+        COMFY_DIR / "models" / "checkpoints" / DEMO_CHECKPOINT
+    )
+    webui = tmp_path / "stable-diffusion-webui"
+    (webui / "models" / "Lora").mkdir(parents=True)
+    (webui / "models" / "Lora" / "june.safetensors").symlink_to(COMFY_DIR / "models" / "loras" / DEMO_LORA)
+    extra = tmp_path / "extra_model_paths.yaml"
+    extra.write_text(f"a111:\n    base_path: {webui}\n    loras: |\n        models/Lora\n")
+    daemon_env.env.update(
+        COMFYUI_MANAGED="1",
+        COMFYUI_PYTHON=str(COMFY_PYTHON),
+        COMFYUI_DIR=str(COMFY_DIR),
+        COMFYUI_URL=f"http://127.0.0.1:{free_port()}",
+        COMFYUI_ARGS=f"--cpu --base-directory {base} --extra-model-paths-config {extra} "
+        f"--output-directory {tmp_path / 'comfy-out'} --disable-auto-launch",
+        PLASMA_CHECKPOINT="linked.safetensors",
+    )
+    d = DaemonProcess(daemon_env, startup_timeout=240)
+    try:
+        _, models = d.http("GET", "/models")
+        linked = _by_name(models["checkpoints"])["linked.safetensors"]
+        assert linked["usable"] and linked["comfyui"] is True
+        assert linked["folder"] == str(base / "models" / "checkpoints")
+        june = _by_name(models["loras"])["june.safetensors"]
+        assert june["usable"] and june["comfyui"] is True and june["folder"] == str(webui / "models" / "Lora")
+        _, report = d.http("GET", "/doctor")
+        checks = {c["id"]: c for c in report["checks"]}
+        assert checks["models.checkpoint"]["status"] == "ok", checks["models.checkpoint"]
+        paths = checks["models.paths"]
+        assert paths["status"] == "ok" and str(webui / "models" / "Lora") in paths["detail"]
+        body = {"prompt": "spyke_plasma_v1, standing", "loraId": "june.safetensors",
+                "resolution": {"width": 64, "height": 64}, "steps": 2}
+        status, job = d.http("POST", "/jobs", body)
+        assert status == 202, job
+        done = d.wait_job(job["id"], 300)
+        assert done["status"] == "succeeded", done
+        _, graph = d.http("GET", f"/jobs/{job['id']}/workflow")
+        loaders = {node["class_type"]: node["inputs"] for node in graph.values()}
+        assert loaders["CheckpointLoaderSimple"]["ckpt_name"] == "linked.safetensors"
+        assert loaders["LoraLoader"]["lora_name"] == "june.safetensors"
+    finally:
+        d.stop()

@@ -158,10 +158,21 @@ def _stem(name: str) -> str:
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
-    """What ComfyUI lists from one folder: model files at any depth, links followed, `.git` skipped."""
+    """What ComfyUI lists from one folder: model files at any depth, links followed, `.git` skipped.
+    A folder reached twice (a link to a folder above it) is walked once, where ComfyUI would loop."""
     if not folder.is_dir():
         return
+    seen: set[tuple[int, int]] = set()
     for dirpath, subdirs, filenames in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            subdirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            subdirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         subdirs[:] = sorted(d for d in subdirs if d != ".git")
         for filename in sorted(filenames):
             if os.path.splitext(filename)[1].lower() not in MODEL_SUFFIXES:

@@ -84,10 +84,13 @@ class TrainingOps:
         prepared = await make_backend(name, self._cfg, self._core.comfy).prepare(spec_of(job, state))
         state.settings = prepared.settings
         state.warnings = [*state.warnings, *prepared.warnings]
-        target = self._cfg.require_comfyui_dir() / "models" / "loras" / f"{req.output_name}.safetensors"
-        if await asyncio.to_thread(target.exists):
+        folders = await asyncio.to_thread(model_paths.model_folders, self._cfg)
+        file_name = f"{req.output_name}.safetensors"
+        there = await asyncio.to_thread(folders.find, "loras", file_name)
+        if there is not None:
             state.warn(
-                f"{target.name} is already in ComfyUI's loras folder: promote will need another name (--as)"
+                f"{file_name} is already in ComfyUI's loras folders ({there}): promote will need another "
+                "name (--as)"
             )
         state.store_in(job)
         async with self._lock:
