@@ -34,19 +34,25 @@ def models(ctl: Ctl) -> None:
             click.echo("  (none)\n")
             continue
         rows = [_row(e, e["name"] in defaults) for e in entries]
-        click.echo("  " + table(rows, ["NAME", "SIZE", "SD 1.5", "FOLDER"]).replace("\n", "\n  ") + "\n")
+        shown = table(rows, ["NAME", "SIZE", "SD 1.5", "FOLDER", "NOTE"])
+        click.echo("  " + shown.replace("\n", "\n  ") + "\n")
     _notes(answer)
 
 
 def _row(e: dict[str, Any], default: bool) -> list[str]:
+    """NAME, SIZE, SD 1.5 (yes, no, or `.pth` for a ControlNet ComfyUI alone reads), FOLDER, NOTE."""
     if e["usable"]:
-        sd15 = "yes" if e.get("sd15") else "yes (.pth: not read)"
+        sd15 = "yes" if e.get("sd15") else ".pth"
     else:
-        sd15 = f"no: {e.get('whyNot')}"
-    folder = e["folder"] + (f" (link -> {e['link']})" if e.get("link") else "")
+        sd15 = "no"
+    notes = [] if e["usable"] else [f"{e.get('whyNot')}"]
+    if e.get("link"):
+        notes.append(f"link -> {e['link']}")
     if e.get("comfyui") is False:
-        folder += " [ComfyUI does not list it]"
-    return [("* " if default else "  ") + e["name"], _size(e["bytes"]), sd15, folder]
+        notes.append("the running ComfyUI does not list it")
+    if e.get("shadows"):
+        notes.append(f"also in {', '.join(e['shadows'])} (never loaded)")
+    return [("* " if default else "  ") + e["name"], _size(e["bytes"]), sd15, e["folder"], "; ".join(notes)]
 
 
 def _size(n: int) -> str:

@@ -126,8 +126,8 @@ def test_plasmactl_models(daemon: DaemonThread) -> None:
     sd15 = next(line for line in lines if CHECKPOINT_SD15 in line)
     assert sd15.split()[:2] == ["*", CHECKPOINT_SD15] and " yes " in sd15  # the default, marked
     sdxl = next(line for line in lines if CHECKPOINT_SDXL in line)
-    assert "no: is an SDXL checkpoint" in sdxl
-    assert any("(link -> " in line for line in lines if CHECKPOINT_LINKED in line)
+    assert " no " in sdxl and sdxl.endswith("is an SDXL checkpoint; only SD 1.5 fits in 16 GB (SD 1.5 only)")
+    assert any("link -> " in line for line in lines if CHECKPOINT_LINKED in line)
     data = json.loads(ctl(daemon, "models", "--json").output)
     assert {e["name"] for e in data["loras"]} >= {LORA_SD15, LORA_SDXL}
 
@@ -135,7 +135,10 @@ def test_plasmactl_models(daemon: DaemonThread) -> None:
 def test_plasmactl_shows_the_nearest_names(daemon: DaemonThread) -> None:
     result = ctl(daemon, "submit", "-p", "x", "--checkpoint", "sd_15.safetensors")
     assert result.exit_code == 2
-    assert f"  nearest: {CHECKPOINT_SD15}" in result.output
+    first, *notes = result.output.splitlines()
+    assert first.startswith("plasmactl: checkpoint: 'sd_15.safetensors' is not in ")
+    assert f"; nearest: {CHECKPOINT_SD15}" in first
+    assert [n.split(":")[0] for n in notes] == ["  searched"]  # the nearest names are not said twice
 
 
 # --- the real ComfyUI: a linked checkpoint and an A1111 folder, found the same way by both -------------

@@ -61,10 +61,14 @@ def _catalogs(folders: ModelFolders) -> dict[Kind, list[Entry]]:
 
 
 async def _comfyui_lists(comfy: ComfyClient) -> tuple[dict[Kind, set[str]], str | None]:
-    """What the running ComfyUI lists per kind; empty and why when it cannot be asked."""
+    """What the running ComfyUI lists per kind (a kind whose loader it lacks: not known); empty and
+    why when it cannot be asked."""
+    listed: dict[Kind, set[str]] = {}
     try:
         comfy.forget_object_info()  # a file added a moment ago must show up now
-        listed = {kind: set(await comfy.input_choices(*loader)) for kind, loader in _LOADERS.items()}
+        for kind, (node, field) in _LOADERS.items():
+            if await comfy.object_info(node):
+                listed[kind] = set(await comfy.input_choices(node, field))
     except PlasmaError as exc:
         return {}, exc.message
     return listed, None
