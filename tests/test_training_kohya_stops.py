@@ -90,6 +90,14 @@ def _processes_naming(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": the parent's pid
+
+
 def _kept(done: dict[str, Any]) -> list[dict[str, Any]]:
     kept = [c for c in done["checkpoints"] if c["complete"]]
     assert kept, done
@@ -112,12 +120,12 @@ def test_a_real_kohya_training_cancelled(start_daemon: Any, tmp_path: Path) -> N
 
 def test_a_real_kohya_trainer_killed(start_daemon: Any, tmp_path: Path) -> None:
     d, running = _start(start_daemon, tmp_path)
-    # The trainer itself, not accelerate's launcher: what the out-of-memory killer picks.
-    trainers = [
-        pid for pid, cmd in _processes_naming(running["outputDir"])
-        if "train_network.py" in cmd and "accelerate.commands.launch" not in cmd
-    ]
-    assert len(trainers) == 1, _processes_naming(running["outputDir"])
+    # The trainer itself: the launcher's child (its data loader workers, its own children, share its
+    # command line). What the out-of-memory killer picks: the biggest process.
+    named = _processes_naming(running["outputDir"])
+    launchers = [pid for pid, cmd in named if "accelerate.commands.launch" in cmd]
+    trainers = [pid for pid, _ in named if _parent(pid) in launchers]
+    assert len(launchers) == 1 and len(trainers) == 1, named
     os.kill(trainers[0], signal.SIGKILL)
     done = _ended(d, running["id"])
     assert (done["status"], done["outcome"]) == ("failed", "out_of_memory"), done
