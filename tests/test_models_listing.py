@@ -155,6 +155,7 @@ def test_real_comfyui_loads_what_plasmad_finds(tmp_path: Path, daemon_env: Daemo
         pytest.skip("the demo ComfyUI is not set up (scripts/setup-comfyui.sh)")
     base = tmp_path / "comfy-base"  # ComfyUI's own models/ moves here (--base-directory)
     (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "custom_nodes").mkdir()  # ComfyUI 0.3.75 lists it at start under --base-directory
     (base / "models" / "checkpoints" / "linked.safetensors").symlink_to(
         COMFY_DIR / "models" / "checkpoints" / DEMO_CHECKPOINT
     )
@@ -175,6 +176,7 @@ def test_real_comfyui_loads_what_plasmad_finds(tmp_path: Path, daemon_env: Daemo
     d = DaemonProcess(daemon_env, startup_timeout=240)
     try:
         _, models = d.http("GET", "/models")
+        assert models["comfyuiError"] is None, models["comfyuiError"]
         linked = _by_name(models["checkpoints"])["linked.safetensors"]
         assert linked["usable"] and linked["comfyui"] is True
         assert linked["folder"] == str(base / "models" / "checkpoints")
