@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from plasmad.comfy import model_catalog
-from plasmad.comfy.model_paths import KINDS, check_name, load_folders, nearest_names, resolve
+from plasmad.comfy.model_paths import KINDS, check_name, load_folders, nearest_names
 from plasmad.core.errors import ErrorCode, PlasmaError
 from tests.support.modelfiles import (
     CHECKPOINT_CKPT,
@@ -299,9 +299,3 @@ def test_the_order_is_comfyuis_own(tmp_path: Path) -> None:
     ours = load_folders(COMFY_DIR, ["--extra-model-paths-config", str(yaml_file)])
     for kind in KINDS:
         assert [str(p) for p in ours.search(kind)] == theirs[kind], kind
-
-
-def test_resolve_lists_every_name_when_no_valid_list_is_given(comfyui: Path) -> None:
-    with pytest.raises(PlasmaError) as caught:
-        resolve(load_folders(comfyui), "checkpoints", "sdxl2.safetensors", "checkpoint")
-    assert CHECKPOINT_SDXL in caught.value.details["nearest"]

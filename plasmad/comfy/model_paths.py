@@ -48,7 +48,7 @@ class ModelFolders:
     """The folders ComfyUI searches for each kind of model, in its order."""
 
     folders: dict[Kind, tuple[Path, ...]]
-    models_dir: Path  #: ComfyUI's own models/ (where plasmad puts the LoRAs it promotes)
+    models_dir: Path  #: ComfyUI's own models/ (where plasmad puts the LoRAs it promotes or samples)
     config_files: tuple[Path, ...] = ()  #: the extra_model_paths files that were read
     problems: tuple[str, ...] = ()  #: what in them could not be used, for doctor and refusals
 
@@ -96,18 +96,6 @@ def check_name(name: str, field: str) -> None:
             f"{name!r} must be a model file name as ComfyUI lists it, inside its model folders (e.g. "
             "anything-v5.safetensors, or sd15/anything-v5.safetensors in a subfolder): not a path, no '..'",
         )
-
-
-def resolve(
-    folders: ModelFolders, kind: Kind, name: str, field: str, valid: Sequence[str] | None = None
-) -> Path:
-    """The file of `name`, or a refusal listing the nearest of `valid` (default: every name listed)."""
-    check_name(name, field)
-    path = folders.find(kind, name)
-    if path is not None:
-        return path
-    candidates = list(valid) if valid is not None else folders.names(kind)
-    raise not_found(folders, kind, name, field, candidates)
 
 
 def not_found(
