@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from plasmactl import dataset_cmds, job_cmds, operations_cmds, service_cmds, train_cmds
+from plasmactl import dataset_cmds, job_cmds, model_cmds, operations_cmds, service_cmds, train_cmds
 from plasmactl.context import Ctl, json_option
 from plasmactl.output import EMITTED_KEY, JSON_KEY, Exit
 from plasmad.core.config import client_socket_path
@@ -119,6 +119,7 @@ for command in (
     operations_cmds.logs,
     operations_cmds.shutdown,
     service_cmds.service,
+    model_cmds.models,  # issue 11: what a request may name
     # the LoRA: its dataset, its training
     dataset_cmds.dataset,
     train_cmds.train,

@@ -97,7 +97,8 @@ def error_notes(details: Any) -> list[str]:
 
 
 def fail_error(err: PlasmaError) -> NoReturn:
-    raise Failure(err.message, _BY_CODE.get(err.code, Exit.INTERNAL), err.to_dict(), error_notes(err.details))
+    notes = [note for note in error_notes(err.details) if note not in err.message]  # not said twice
+    raise Failure(err.message, _BY_CODE.get(err.code, Exit.INTERNAL), err.to_dict(), notes)
 
 
 def emit_json(data: Any) -> None:

@@ -101,7 +101,7 @@ def _end(ctl: Ctl, t: dict[str, Any]) -> None:
 @click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--name", "output_name", required=True, help="The LoRA's name (its file name, no suffix).")
 @click.option("--steps", type=int, help="Training steps (default 1000; 800-1200 for 15-20 images).")
-@click.option("--resolution", type=int, help="Training resolution, at most 512 (default 512).")
+@click.option("--resolution", type=int, help="Training resolution, 64-512 (default 512; kohya: steps of 64).")
 @click.option("--batch-size", "batch_size", type=int, help="Only 1 is allowed on 16 GB (shown for clarity).")
 @click.option("--save-every", "save_every_steps", type=int, help="A checkpoint every N steps (default 200).")
 @click.option(

@@ -538,15 +538,6 @@ def test_stage_into_an_unusable_input_is_a_clear_error(tmp_path: Path, images: d
     assert caught.value.code == ErrorCode.NOT_CONFIGURED and caught.value.field == "COMFYUI_DIR"
 
 
-def test_a_pth_is_never_opened_beyond_its_magic(tmp_path: Path) -> None:
-    folder = make_comfyui_tree(tmp_path / "ComfyUI") / "models" / "controlnet"
-    assert controlnet.check_model(folder, DEFAULT_PTH, "controlnet") == (folder / DEFAULT_PTH).resolve()
-    assert controlnet.check_model(folder, CN_SAFETENSORS, "controlnet").name == CN_SAFETENSORS
-    legacy = folder / "legacy.pth"
-    legacy.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")  # torch's pre-1.6 pickle format
-    assert controlnet.check_model(folder, "legacy.pth", "controlnet") == legacy.resolve()
-
-
 # --- the templates ----------------------------------------------------------------------------------
 
 

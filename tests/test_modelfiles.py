@@ -1,4 +1,5 @@
-"""plasmad.comfy.modelfiles: telling SD 1.5 from the rest by the safetensors header, and finding files safely.
+"""plasmad.comfy.modelfiles: telling SD 1.5 from the rest by the safetensors header (finding the files
+and what a request may name: tests/test_model_paths.py).
 
 Every model here is a FAKE: a safetensors header written by `write_safetensors`
 (tests/support/modelfiles.py) with zero-length tensors, so the files are a few hundred bytes but
@@ -14,17 +15,8 @@ from typing import Any
 import pytest
 
 from plasmad.comfy import modelfiles
-from plasmad.comfy.modelfiles import HeaderError, check_model, inspect, list_models, read_header, resolve_in
-from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.comfy.modelfiles import HeaderError, inspect, read_header
 from tests.support.modelfiles import (
-    CHECKPOINT_CKPT,
-    CHECKPOINT_ESCAPE,
-    CHECKPOINT_JUNK,
-    CHECKPOINT_SD2,
-    CHECKPOINT_SD15,
-    CHECKPOINT_SDXL,
-    LORA_SD15,
-    LORA_SDXL,
     LORA_TO_K,
     SD2_CHECKPOINT,
     SD15_CHECKPOINT,
@@ -147,96 +139,3 @@ def test_broken_headers_are_header_errors(tmp_path: Path, content: bytes, messag
 def test_unreadable_path_is_a_header_error(tmp_path: Path) -> None:
     with pytest.raises(HeaderError):
         read_header(tmp_path)  # a folder: open() fails with an OSError
-
-
-# --- check_model: what validation refuses, and why --------------------------------------------------
-
-
-def _refusal(folder: Path, name: str, field: str, role: modelfiles.Role) -> PlasmaError:
-    with pytest.raises(PlasmaError) as err:
-        check_model(folder, name, field, role)
-    assert err.value.code == ErrorCode.INVALID_INPUT
-    assert err.value.field == field
-    return err.value
-
-
-def test_sd15_checkpoint_and_lora_pass(models: Path) -> None:
-    assert check_model(models / "checkpoints", CHECKPOINT_SD15, "checkpoint", "checkpoint").family == "sd15"
-    assert check_model(models / "loras", LORA_SD15, "loraId", "lora").role == "lora"
-
-
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [
-        (CHECKPOINT_SDXL, "SDXL"),
-        (CHECKPOINT_SD2, "SD 2.x"),
-        (CHECKPOINT_CKPT, "pickle"),
-        (CHECKPOINT_JUNK, "not a readable safetensors"),
-        (CHECKPOINT_ESCAPE, "outside"),
-        ("missing.safetensors", "is not in"),
-    ],
-)
-def test_checkpoints_that_are_refused(checkpoints: Path, name: str, reason: str) -> None:
-    assert reason in _refusal(checkpoints, name, "checkpoint", "checkpoint").message
-
-
-def test_a_pickle_is_refused_by_name_before_it_is_opened(checkpoints: Path) -> None:
-    # The refusal must not depend on the file: nothing of a pickle is ever read.
-    assert "pickle" in _refusal(checkpoints, "nowhere/Model.PT", "checkpoint", "checkpoint").message
-
-
-def test_role_mismatch_is_refused(models: Path) -> None:
-    err = _refusal(models / "loras", LORA_SD15, "checkpoint", "checkpoint")
-    assert "not a checkpoint" in err.message and "lora" in err.message
-    err = _refusal(models / "loras", LORA_SDXL, "loraId", "lora")
-    assert "SDXL" in err.message
-
-
-# --- resolve_in: names stay inside the folder -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["../x.safetensors", "sub/../../x.safetensors", "..", "/etc/passwd", "\\x.safetensors", "", "a\x00b"],
-)
-def test_resolve_in_refuses_names_leading_out(checkpoints: Path, name: str) -> None:
-    with pytest.raises(PlasmaError) as err:
-        resolve_in(checkpoints, name, "checkpoint")
-    assert err.value.field == "checkpoint" and err.value.code == ErrorCode.INVALID_INPUT
-
-
-def test_resolve_in_refuses_an_absolute_path_to_a_real_model(checkpoints: Path) -> None:
-    with pytest.raises(PlasmaError, match="must be a file name inside"):
-        resolve_in(checkpoints, str(checkpoints / CHECKPOINT_SD15), "checkpoint")
-
-
-def test_resolve_in_refuses_symlinks_escaping(checkpoints: Path, tmp_path: Path) -> None:
-    with pytest.raises(PlasmaError, match="leads outside"):
-        resolve_in(checkpoints, CHECKPOINT_ESCAPE, "checkpoint")
-    # A linked folder is no way out either.
-    outside = tmp_path / "outside-dir"
-    write_safetensors(outside / "m.safetensors", SD15_CHECKPOINT)
-    (checkpoints / "linked").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(PlasmaError, match="leads outside"):
-        resolve_in(checkpoints, "linked/m.safetensors", "checkpoint")
-
-
-def test_resolve_in_allows_subfolders_and_links_inside(checkpoints: Path) -> None:
-    nested = write_safetensors(checkpoints / "sd15" / "nested.safetensors", SD15_CHECKPOINT)
-    assert resolve_in(checkpoints, "sd15/nested.safetensors", "checkpoint") == nested.resolve()
-    target = checkpoints / CHECKPOINT_SD15
-    (checkpoints / "alias.safetensors").symlink_to(target)
-    assert resolve_in(checkpoints, "alias.safetensors", "checkpoint") == target.resolve()
-
-
-def test_resolve_in_refuses_a_folder(checkpoints: Path) -> None:
-    (checkpoints / "dir.safetensors").mkdir()
-    with pytest.raises(PlasmaError, match="is not in"):
-        resolve_in(checkpoints, "dir.safetensors", "checkpoint")
-
-
-def test_list_models_offers_safetensors_only(models: Path, tmp_path: Path) -> None:
-    names = list_models(models / "checkpoints")
-    assert CHECKPOINT_SD15 in names and CHECKPOINT_JUNK in names
-    assert CHECKPOINT_CKPT not in names
-    assert list_models(tmp_path / "missing") == []

@@ -221,7 +221,7 @@ async def test_preflight_refusal_and_warnings(open_rig: OpenRig, tmp_path: Path)
     rig = await open_rig(start_worker=False, kohya_python=broken)
     resp = await rig.post("/loras/train", {"datasetDir": str(rig.dataset), "outputName": NAME})
     error = await expect_error(resp, 503)
-    assert error["name"] == "not_configured" and "torch is not importable" in error["message"]
+    assert error["name"] == "not_configured" and "torch cannot be imported" in error["message"]
 
 
 async def test_a_cpu_only_kohya_starts_with_a_loud_warning(open_rig: OpenRig, tmp_path: Path) -> None:
@@ -297,6 +297,17 @@ async def test_progress_and_checkpoints_are_live_events(rig: Rig, monkeypatch: p
     assert all(e["path"].endswith(e["file"]) for e in checkpoints)
     types = [e["type"] for e in seen]
     assert types[0] == "job.queued" and "job.progress" in types  # the queue's own events, kind train
+
+
+async def test_a_resolution_between_buckets_trains_at_its_bucket_and_says_so(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_KOHYA_CASE", "success")
+    t = await rig.train(steps=6, saveEverySteps=2, resolution=200)
+    assert any("resolution 200 is trained at 192x192" in w for w in t["warnings"]), t["warnings"]
+    assert (await rig.wait(t["id"]))["status"] == "succeeded"
+    launch = json.loads((tmp_path / "launch.json").read_text())
+    assert launch[launch.index("--resolution") + 1] == "192,192" and "--enable_bucket" in launch
 
 
 async def test_no_data_is_told_apart(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:

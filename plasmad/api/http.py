@@ -37,6 +37,7 @@ from plasmad.core.wire import (
     LogsParams,
     LossParams,
     LossView,
+    ModelsView,
     PageRequest,
     PagesParams,
     PagesView,
@@ -235,6 +236,13 @@ async def promote_lora(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+# --- model listing (issue 11) -------------------------------------------------------------------------
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).models())
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """`GET /events`: Server-Sent Events, each `event: <type>`, `id: <boot>-<n>`, JSON data.
 
@@ -373,6 +381,8 @@ def routes() -> list[Route]:
           headers=(H("Last-Event-ID", "the last event id seen: replay what came after it"),), tag="events",
           description=events.__doc__),
         R("GET", "/openapi.json", openapi_document, OpenApiDocument, "This document", tag="operations"),
+        R("GET", "/models", list_models, ModelsView, "Checkpoints, LoRAs and ControlNets a request may name",
+          errors=(503,), rpc="models", tag="operations"),
         # The review board (issue 14): pages and versions, their images, new versions, the loss log,
         # and the board's own files (plasmad.api.board).
         R("GET", "/pages", list_pages, PagesView, "Chapters, pages and versions from the generation logs",

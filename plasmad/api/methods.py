@@ -19,6 +19,7 @@ from plasmad.core.wire import (
     ListJobsParams,
     LogsParams,
     LossView,
+    ModelsView,
     PageRequest,
     PagesParams,
     PagesView,
@@ -78,6 +79,7 @@ def methods() -> list[RpcMethod]:
         M("bench_results", lambda s, p: s.benchmarks.results(p), BenchResultsAnswer, "Benchmark results",
           BenchResultsParams),
         M("logs", lambda s, p: s.logs(p), LogsView, "A log", LogsParams),
+        M("models", lambda s, p: s.models(), ModelsView, "Checkpoints, LoRAs and ControlNets"),
         M("shutdown", None, ShutdownView, "Stop plasmad in order (the same path as SIGTERM)"),
         # The review board's operations (issue 14); images and thumbnails are HTTP only.
         M("pages", lambda s, p: s.pages.list(p), PagesView, "Chapters, pages and versions", PagesParams),

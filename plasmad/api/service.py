@@ -29,6 +29,7 @@ from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import run_doctor
 from plasmad.operations.health import health
 from plasmad.operations.logs import read_logs
+from plasmad.operations.models import list_models
 from plasmad.pages.ops import PagesOps
 from plasmad.training.handler import TrainingHandler
 from plasmad.training.ops import TrainingOps
@@ -91,6 +92,12 @@ class Service:
     async def logs(self, body: Any) -> dict[str, Any]:
         """The daemon's log, a managed ComfyUI's, or one job's or training's."""
         return await read_logs(self.core.cfg, self.core.store, body)
+
+    # --- model listing (issue 11) -----------------------------------------------------------------
+
+    async def models(self) -> dict[str, Any]:
+        """Every checkpoint, LoRA and ControlNet ComfyUI lists: where, how big, SD 1.5 or why not."""
+        return await list_models(self.core.cfg, self.core.comfy)
 
 
 def build_service(

@@ -1,4 +1,5 @@
-"""Model files in ComfyUI's models folder: finding them safely and telling SD 1.5 from the rest.
+"""Model files: telling SD 1.5 from the rest by the safetensors header (where ComfyUI finds them,
+and what a request may name: `model_paths`, `model_catalog`).
 
 A model is judged by its safetensors header (8-byte length + JSON), never by unpickling: a `.ckpt`
 or `.pt` can run code when loaded, so those are refused outright with a message saying so.
@@ -11,8 +12,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from plasmad.core.errors import invalid
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # real headers are < 1 MB; a bigger one is not safetensors
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -123,40 +122,3 @@ def _classify(tensors: dict[str, Any], metadata: dict[str, str]) -> tuple[Role, 
             return "lora", _family_from_context(dims[0])
         return "lora", "sd15" if base.startswith("sd_v1") else "unknown"
     return "unknown", "unknown"
-
-
-def resolve_in(folder: Path, name: str, field: str) -> Path:
-    """`name` as a file inside `folder`; no absolute paths, `..` or symlinks leading out of it."""
-    if not name or name.startswith(("/", "\\")) or "\x00" in name or ".." in Path(name).parts:
-        raise invalid(field, f"{name!r} must be a file name inside {folder.name}/")
-    root = folder.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        raise invalid(field, f"{name!r} leads outside {folder.name}/")
-    if not path.is_file():
-        raise invalid(field, f"{name!r} is not in {folder}")
-    return path
-
-
-def check_model(folder: Path, name: str, field: str, role: Role) -> ModelInfo:
-    """The named model, refused with a reason unless it is an SD 1.5 safetensors file of `role`."""
-    if name.lower().endswith(PICKLE_SUFFIXES):
-        raise invalid(field, f"{name!r} is a pickle file; plasmad loads only .safetensors (convert it first)")
-    path = resolve_in(folder, name, field)
-    try:
-        info = inspect(path)
-    except HeaderError as exc:
-        raise invalid(field, f"{name!r} is not a readable safetensors file: {exc}") from None
-    if info.role != role:
-        raise invalid(field, f"{name!r} is not a {role} (its tensors look like a {info.role})")
-    if info.family != "sd15":
-        what = {"sdxl": "an SDXL", "sd2": "an SD 2.x", "unknown": "an unrecognised"}[info.family]
-        raise invalid(field, f"{name!r} is {what} {role}; only SD 1.5 fits in 16 GB (SD 1.5 only)")
-    return info
-
-
-def list_models(folder: Path, suffix: str = ".safetensors") -> list[str]:
-    """File names (relative, subfolders included) ComfyUI would offer from `folder`."""
-    if not folder.is_dir():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob(f"*{suffix}") if p.is_file())

@@ -303,6 +303,38 @@ class StatusParams(JobWaitParams):
     id: str
 
 
+# --- model listings (GET /models, JSON-RPC `models`): plasmad.operations.models ---------------------
+
+
+class ModelView(ViewModel):
+    """One checkpoint, LoRA or ControlNet file as ComfyUI lists it."""
+
+    name: str  #: what a request names (checkpoint, loraId, controlnet)
+    folder: str  #: the folder ComfyUI searches that holds it
+    path: str
+    bytes: int
+    link: str | None = None  #: where a symlink leads
+    family: str | None = None  #: sd15 | sd2 | sdxl | unknown, by its header; None: not read
+    sd15: bool | None = None  #: None: not read (a .pth ControlNet is loaded by ComfyUI alone)
+    usable: bool  #: a request may name it
+    why_not: str | None = None  #: why a request may not name it
+    shadows: list[str] = []  #: later folders with a file of that name, which ComfyUI never loads
+    comfyui: bool | None = None  #: the running ComfyUI lists it; None: it could not be asked
+
+
+class ModelsView(ViewModel):
+    checkpoints: list[ModelView]
+    loras: list[ModelView]
+    controlnets: list[ModelView]
+    folders: dict[str, list[str]]  #: per kind, in ComfyUI's search order
+    config_files: list[str]  #: the extra_model_paths.yaml files read
+    problems: list[str]  #: what in them could not be used
+    default_checkpoint: str | None
+    default_controlnet: str
+    plasma_copies: int  #: plasmad's own LoRA copies (samples, trainer chunks), not listed
+    comfyui_error: str | None = None
+
+
 class ListJobsParams(QueryParams):
     status: JobStatus | None = None
     kind: JobKind | None = None

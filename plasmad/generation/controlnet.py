@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from plasmad.comfy import inputs as comfy_inputs
-from plasmad.comfy import modelfiles
 from plasmad.comfy.inputs import SourceImage
 from plasmad.comfy.templates import (
     IMG2IMG_CONTROLNET,
@@ -39,11 +38,6 @@ PREPROCESSOR_PACK = "comfyui_controlnet_aux"
 PREPROCESSOR_URL = "https://github.com/Fannovel16/comfyui_controlnet_aux"
 # The inputs our preprocess templates set; an installed node lacking one would fail the job later.
 PREPROCESSOR_INPUTS = ("image", "detect_hand", "detect_body", "detect_face", "resolution")
-# A .pth is loaded by ComfyUI, never by us (unpickling runs code). What we can check without
-# loading it: torch.save writes a zip archive (PK) since torch 1.6, a bare pickle (0x80) before.
-# Anything else, typically an HTML page saved by a failed download, is refused.
-_PYTORCH_MAGICS = (b"PK\x03\x04", b"\x80")
-
 _TEMPLATES = {
     (True, False): IMG2IMG_CONTROLNET,
     (False, False): IMG2IMG_CONTROLNET_BASE,
@@ -54,24 +48,6 @@ _TEMPLATES = {
 
 def template_name(*, lora: bool, preprocess: bool) -> str:
     return _TEMPLATES[(lora, preprocess)]
-
-
-def check_model(folder: Path, name: str, field: str) -> Path:
-    """The ControlNet model file in models/controlnet; SD 1.5 by header for a .safetensors (blocking)."""
-    lowered = name.lower()
-    if lowered.endswith(".safetensors"):
-        return modelfiles.check_model(folder, name, field, "controlnet").path
-    if not lowered.endswith(".pth"):
-        raise invalid(field, f"{name!r}: a ControlNet model is a .safetensors or .pth file")
-    path = modelfiles.resolve_in(folder, name, field)
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise invalid(field, f"{name!r} cannot be read ({exc.strerror or exc})") from None
-    if not head.startswith(_PYTORCH_MAGICS):
-        raise invalid(field, f"{name!r} is not a PyTorch file (an interrupted or failed download?)")
-    return path
 
 
 def check_preprocessor(info: dict[str, Any]) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from plasmad.comfy import inputs as comfy_inputs
-from plasmad.comfy import modelfiles
+from plasmad.comfy import model_catalog, model_paths
 from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.model_paths import ModelFolders
 from plasmad.comfy.templates import TXT2IMG_BASE, TXT2IMG_LORA
 from plasmad.core import limits
 from plasmad.core.config import Config
@@ -43,12 +43,12 @@ class GenerationPlan:
 async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClient) -> GenerationPlan:
     _check_request(req, cfg)
     await _check_sampling(req, comfy)
-    models, checkpoint = await _check_models(req, cfg)
+    folders, checkpoint = await _check_models(req, cfg)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
     slots = _common_slots(req, cfg, seed, checkpoint)
     cn_plan: ControlNetPlan | None = None
     if req.pose_image_path is not None:
-        cn_plan = await validate_controlnet(req, cfg, comfy, models)
+        cn_plan = await validate_controlnet(req, cfg, comfy, folders)
         template = controlnet.template_name(lora=req.lora_id is not None, preprocess=cn_plan.preprocess)
         slots.update(cn_plan.slots())
     else:
@@ -106,18 +106,17 @@ async def _check_sampling(req: GenerateRequest, comfy: ComfyClient) -> None:
         raise invalid("scheduler", f"{req.scheduler!r} is not a ComfyUI scheduler", {"choices": schedulers})
 
 
-async def _check_models(req: GenerateRequest, cfg: Config) -> tuple[Path, str]:
-    """ComfyUI's models folder, and the checkpoint: both it and the LoRA SD 1.5 by their headers."""
-    models = cfg.require_comfyui_dir() / "models"
+async def _check_models(req: GenerateRequest, cfg: Config) -> tuple[ModelFolders, str]:
+    """ComfyUI's model folders, and the checkpoint: both it and the LoRA SD 1.5 by their headers,
+    found where ComfyUI finds them (links and extra_model_paths.yaml included)."""
+    folders = await asyncio.to_thread(model_paths.model_folders, cfg)
     checkpoint = req.checkpoint or cfg.checkpoint
     if not checkpoint:
         raise invalid("checkpoint", "no checkpoint given and PLASMA_CHECKPOINT is not set")
-    await asyncio.to_thread(
-        modelfiles.check_model, models / "checkpoints", checkpoint, "checkpoint", "checkpoint"
-    )
+    await asyncio.to_thread(model_catalog.check_model, folders, "checkpoints", checkpoint, "checkpoint")
     if req.lora_id is not None:
-        await asyncio.to_thread(modelfiles.check_model, models / "loras", req.lora_id, "loraId", "lora")
-    return models, checkpoint
+        await asyncio.to_thread(model_catalog.check_model, folders, "loras", req.lora_id, "loraId")
+    return folders, checkpoint
 
 
 def _common_slots(req: GenerateRequest, cfg: Config, seed: int, checkpoint: str) -> dict[str, Any]:
@@ -136,7 +135,7 @@ def _common_slots(req: GenerateRequest, cfg: Config, seed: int, checkpoint: str)
 
 
 async def validate_controlnet(
-    req: GenerateRequest, cfg: Config, comfy: ComfyClient, models: Path
+    req: GenerateRequest, cfg: Config, comfy: ComfyClient, folders: ModelFolders
 ) -> ControlNetPlan:
     """CTRL-01..03: the model, the pose source, the pose and init images (read, not yet copied),
     and the size: `resolution` if given, else the init image's fitted to the limits. Either
@@ -152,7 +151,7 @@ async def validate_controlnet(
             f"{len(names)} models given: one ControlNet model at a time is what fits in 16 GB",
         )
     model = names[0]
-    await asyncio.to_thread(controlnet.check_model, models / "controlnet", model, "controlnet")
+    await asyncio.to_thread(model_catalog.check_model, folders, "controlnet", model, "controlnet")
     if not req.pose_is_skeleton:
         controlnet.check_preprocessor(await comfy.object_info(controlnet.PREPROCESSOR_NODE))
 

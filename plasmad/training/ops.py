@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from plasmad.comfy import modelfiles
+from plasmad.comfy import model_paths
 from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.core.states import ACTIVE_STATES, JobKind, JobStatus
@@ -95,10 +95,13 @@ class TrainingOps:
         prepared = await make_backend(name, self._cfg, self._core.comfy).prepare(spec_of(job, state))
         state.settings = prepared.settings
         state.warnings = [*state.warnings, *prepared.warnings]
-        target = self._cfg.require_comfyui_dir() / "models" / "loras" / f"{req.output_name}.safetensors"
-        if await asyncio.to_thread(target.exists):
+        folders = await asyncio.to_thread(model_paths.model_folders, self._cfg)
+        file_name = f"{req.output_name}.safetensors"
+        there = await asyncio.to_thread(folders.find, "loras", file_name)
+        if there is not None:
             state.warn(
-                f"{target.name} is already in ComfyUI's loras folder: promote will need another name (--as)"
+                f"{file_name} is already in ComfyUI's loras folders ({there}): promote will need another "
+                "name (--as)"
             )
         state.store_in(job)
         async with self._lock:
@@ -170,8 +173,8 @@ class TrainingOps:
             await self.view(current if current is not None and current.id == j.id else j, tail=0)
             for j in jobs
         ]
-        folder = self._cfg.require_comfyui_dir() / "models" / "loras"
-        on_disk = await asyncio.to_thread(modelfiles.list_models, folder)
+        folders = await asyncio.to_thread(model_paths.model_folders, self._cfg)
+        on_disk = await asyncio.to_thread(folders.names, "loras")  # where ComfyUI looks, links followed
         listed: list[str] | None = None
         error = None
         try:

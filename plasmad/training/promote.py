@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from plasmad.comfy import model_paths
 from plasmad.context import Core
+from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.fsutil import copy_new, same_file_content
 from plasmad.core.states import JobStatus
@@ -45,7 +47,7 @@ class PromoteOps:
         if name.lower().endswith(".safetensors"):
             name = name[: -len(".safetensors")]
         check_output_name(name, "name")
-        target = self._core.cfg.require_comfyui_dir() / "models" / "loras" / f"{name}.safetensors"
+        target = await asyncio.to_thread(_target, self._core.cfg, f"{name}.safetensors")
         copied = await asyncio.to_thread(_copy_new_or_same, chosen.path, target)
         listed, warning = await self._listed(target)
         record = Promotion(
@@ -84,6 +86,15 @@ class PromoteOps:
                 await self._core.store.update(training_id, result=state.dump())
 
 
+def _target(cfg: Config, file_name: str) -> Path:
+    """Where the promoted LoRA goes: ComfyUI's own loras folder, unless a file of that name is
+    already in one of the folders ComfyUI searches (extra_model_paths.yaml, a link): ComfyUI loads
+    the first it finds, so that file is the one to compare with, never to shadow (blocking)."""
+    folders = model_paths.model_folders(cfg)
+    existing = folders.find("loras", file_name)
+    return existing if existing is not None else folders.models_dir / "loras" / file_name
+
+
 def _copy_new_or_same(source: Path, target: Path) -> bool:
     """Copy `source` to `target` unless something is there: True if copied, False if the same file
     was there already; a 409 if another file is (blocking)."""
@@ -91,8 +102,8 @@ def _copy_new_or_same(source: Path, target: Path) -> bool:
     if not copied and not same_file_content(source, target):
         raise PlasmaError(
             ErrorCode.CONFLICT,
-            f"{target.name} is already in ComfyUI's loras folder and is another file; it is not "
-            'replaced: choose another name (--as NAME / "name")',
+            f"{target.name} is already in ComfyUI's loras folders ({target.parent}) and is another "
+            'file; it is not replaced: choose another name (--as NAME / "name")',
             field="name",
             details={"path": str(target)},
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from plasmad.comfy import model_paths
 from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.core.fsutil import copy_new, replace_atomic, same_file_content
@@ -120,7 +121,10 @@ class SampleOps:
         set_id: str,
     ) -> SampleSet:
         """One generation job per checkpoint and prompt, through the normal queue (caller holds the lock)."""
-        lora_dir = self._cfg.require_comfyui_dir() / "models" / "loras" / SAMPLES_LORA_FOLDER / job.id
+        # ComfyUI's own models/ (under --base-directory when a managed ComfyUI has one), where it
+        # and the generation's check find the copies by their names.
+        folders = await asyncio.to_thread(model_paths.model_folders, self._cfg)
+        lora_dir = folders.models_dir / "loras" / SAMPLES_LORA_FOLDER / job.id
         rows: list[SampleRow] = []
         if req.include_base:
             rows.append(SampleRow(label="base (no LoRA)", step=None, lora_id=None))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from plasmad import dataset
-from plasmad.comfy import modelfiles
+from plasmad.comfy import model_catalog, model_paths
 from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError, invalid, not_configured
 from plasmad.core.limits import check_batch_size, check_train_resolution
@@ -45,8 +45,8 @@ class TrainPlan:
     dataset_dir: Path
     image_dir: Path  #: the <repeats>_<trigger> folder inside it
     reg_dir: Path | None  #: kohya's --reg_data_dir, when there is a regularisation set
-    checkpoint: str  #: a file in COMFYUI_DIR/models/checkpoints: the one generation uses
-    checkpoint_path: Path
+    checkpoint: str  #: a checkpoint name as ComfyUI lists it: the one generation uses
+    checkpoint_path: Path  #: where ComfyUI finds it (a symlink is left as it is: kohya follows it)
     images: int  #: originals and mirrored copies
     warnings: list[str]
     request: dict[str, Any]  #: the wire request, paths absolute
@@ -79,13 +79,17 @@ async def validate_train(req: TrainRequest, cfg: Config) -> TrainPlan:
         raise not_configured(
             "PLASMA_CHECKPOINT", "training starts from the SD 1.5 checkpoint generation uses"
         )
-    folder = cfg.require_comfyui_dir() / "models" / "checkpoints"
     try:
-        info = await asyncio.to_thread(
-            modelfiles.check_model, folder, cfg.checkpoint, "PLASMA_CHECKPOINT", "checkpoint"
+        folders = await asyncio.to_thread(model_paths.model_folders, cfg)
+        checkpoint_path = await asyncio.to_thread(
+            model_catalog.check_model, folders, "checkpoints", cfg.checkpoint, "PLASMA_CHECKPOINT"
         )
     except PlasmaError as exc:
-        raise not_configured("PLASMA_CHECKPOINT", exc.message) from None
+        if exc.field == "COMFYUI_DIR":
+            raise
+        refusal = not_configured("PLASMA_CHECKPOINT", exc.message)
+        refusal.details = exc.details  # the nearest names, where it looked
+        raise refusal from None
     request = req.model_dump(mode="json", by_alias=True)
     reg_dir = report.reg_root if report.reg_required else None
     request.update(datasetDir=str(dataset_dir), regDatasetDir=str(reg_dir) if reg_dir else None)
@@ -94,7 +98,7 @@ async def validate_train(req: TrainRequest, cfg: Config) -> TrainPlan:
         image_dir=report.image_dir,
         reg_dir=reg_dir,
         checkpoint=cfg.checkpoint,
-        checkpoint_path=info.path,
+        checkpoint_path=checkpoint_path,
         images=report.images,
         warnings=warnings,
         request=request,

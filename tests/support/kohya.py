@@ -42,6 +42,7 @@ def answer(device: str, accelerate: str = "1.10.1") -> dict[str, object]:
     return {
         "python": "3.11.9",
         "torch": "2.6.0",
+        "torchvision": "0.21.0",
         "device": device,
         "accelerate": accelerate,
         "installed": {"torchvision": True, "bitsandbytes": False, "xformers": False, "triton": False},

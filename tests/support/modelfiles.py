@@ -53,7 +53,7 @@ CHECKPOINT_SD2 = "sd2.safetensors"
 CHECKPOINT_SDXL = "sdxl.safetensors"
 CHECKPOINT_CKPT = "old.ckpt"
 CHECKPOINT_JUNK = "junk.safetensors"
-CHECKPOINT_ESCAPE = "escape.safetensors"  #: a symlink to an SD 1.5 file outside the folder
+CHECKPOINT_LINKED = "linked.safetensors"  #: a symlink to an SD 1.5 file outside the folder
 LORA_SD15 = "spyke_sd15.safetensors"
 LORA_SDXL = "style_sdxl.safetensors"
 
@@ -84,7 +84,7 @@ def make_models_dir(comfyui_dir: Path) -> Path:
     (checkpoints / CHECKPOINT_CKPT).write_bytes(b"PK\x03\x04 a pickle archive, never opened")
     (checkpoints / CHECKPOINT_JUNK).write_bytes(b"this is not a safetensors file at all\n")
     outside = write_safetensors(comfyui_dir / "elsewhere" / "outside.safetensors", SD15_CHECKPOINT)
-    (checkpoints / CHECKPOINT_ESCAPE).symlink_to(outside)
+    (checkpoints / CHECKPOINT_LINKED).symlink_to(outside)  # followed, as ComfyUI follows it
     write_safetensors(
         loras / LORA_SD15, SD15_LORA, {"ss_base_model_version": "sd_v1", "ss_network_dim": "4"}
     )

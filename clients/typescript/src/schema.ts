@@ -489,6 +489,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Checkpoints, LoRAs and ControlNets a request may name */
+        get: operations["listModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/openapi.json": {
         parameters: {
             query?: never;
@@ -1515,6 +1532,80 @@ export interface components {
             points: components["schemas"]["LossPoint"][];
             /** Training */
             training: string;
+        };
+        /**
+         * ModelView
+         * @description One checkpoint, LoRA or ControlNet file as ComfyUI lists it.
+         */
+        ModelView: {
+            /** Bytes */
+            bytes: number;
+            /**
+             * Comfyui
+             * @default null
+             */
+            comfyui?: boolean | null;
+            /**
+             * Family
+             * @default null
+             */
+            family?: string | null;
+            /** Folder */
+            folder: string;
+            /**
+             * Link
+             * @default null
+             */
+            link?: string | null;
+            /** Name */
+            name: string;
+            /** Path */
+            path: string;
+            /**
+             * Sd15
+             * @default null
+             */
+            sd15?: boolean | null;
+            /**
+             * Shadows
+             * @default []
+             */
+            shadows?: string[];
+            /** Usable */
+            usable: boolean;
+            /**
+             * Whynot
+             * @default null
+             */
+            whyNot?: string | null;
+        };
+        /** ModelsView */
+        ModelsView: {
+            /** Checkpoints */
+            checkpoints: components["schemas"]["ModelView"][];
+            /**
+             * Comfyuierror
+             * @default null
+             */
+            comfyuiError?: string | null;
+            /** Configfiles */
+            configFiles: string[];
+            /** Controlnets */
+            controlnets: components["schemas"]["ModelView"][];
+            /** Defaultcheckpoint */
+            defaultCheckpoint: string | null;
+            /** Defaultcontrolnet */
+            defaultControlnet: string;
+            /** Folders */
+            folders: {
+                [key: string]: string[];
+            };
+            /** Loras */
+            loras: components["schemas"]["ModelView"][];
+            /** Plasmacopies */
+            plasmaCopies: number;
+            /** Problems */
+            problems: string[];
         };
         /**
          * OpenApiDocument
@@ -3662,6 +3753,29 @@ export interface operations {
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
+        };
+    };
+    listModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelsView"];
+                };
+            };
+            403: components["responses"]["Error403"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
         };
     };
     openapiDocument: {

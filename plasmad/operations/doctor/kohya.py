@@ -1,4 +1,5 @@
-"""kohya_ss's checks (INFRA-03): its Python, torch, MPS, no CUDA-only packages, accelerate.
+"""kohya_ss's checks (INFRA-03): its Python, torch, torchvision, the offline tokenizer, MPS, no
+CUDA-only packages, accelerate.
 
 kohya's environment is judged by a probe run in its own Python (`kohya.preflight`, seconds: it
 imports torch), and by what accelerate's default config file says.
@@ -10,8 +11,9 @@ import os
 from pathlib import Path
 
 from plasmad.core.config import Config
-from plasmad.operations.doctor.report import Report
+from plasmad.operations.doctor.report import Report, Status
 from plasmad.training.kohya import preflight as kohya
+from plasmad.training.kohya.tokenizer import CLIP_MAX_LENGTH, SD15_TOKENIZER
 
 PROBE_TIMEOUT_S = 45.0  #: kohya's probe imports torch; below plasmactl's 60 s socket timeout
 RECOMMENDED_KOHYA_PYTHON = (3, 11)
@@ -28,7 +30,9 @@ async def kohya_preflight(cfg: Config) -> kohya.PreflightReport | None:
     """kohya's probe, or None when kohya is not configured."""
     if cfg.kohya_python is None or cfg.kohya_script is None:
         return None
-    return await kohya.preflight(cfg.kohya_python, cfg.kohya_script, probe_timeout=PROBE_TIMEOUT_S)
+    return await kohya.preflight(
+        cfg.kohya_python, cfg.kohya_script, cfg.kohya_extra_args, probe_timeout=PROBE_TIMEOUT_S
+    )
 
 
 def check_kohya(
@@ -42,6 +46,7 @@ def check_kohya(
         return
     _python(report, preflight)
     _torch(report, preflight)
+    _tokenizer(report, preflight)
     _mps(report, preflight.device)
     _cuda_only(report, preflight)
     _accelerate(report, preflight, accelerate_config)
@@ -101,17 +106,19 @@ def _python(report: Report, preflight: kohya.PreflightReport) -> None:
 
 
 def _torch(report: Report, preflight: kohya.PreflightReport) -> None:
-    """torch (the Mac's pin), and the torchvision sd-scripts imports."""
-    if preflight.torch_version is None:
+    """torch (the Mac's pin), and the torchvision sd-scripts imports: imported, not just found."""
+    torch_error = preflight.import_errors.get("torch")
+    if torch_error is not None:
         report.add(
             "kohya.torch",
             REQ,
             "kohya's torch",
             "fail",
-            next((e for e in preflight.errors if "torch" in e), "torch is not importable"),
-            "pip install torch==2.5.1 torchvision in kohya's venv",
+            f"torch cannot be imported in kohya's venv: {torch_error}",
+            "pip install torch==2.5.1 torchvision==0.20.1 in kohya's venv",
         )
-    elif report.on_mac and _version(preflight.torch_version)[:2] != PINNED_TORCH:
+        return
+    if report.on_mac and _version(preflight.torch_version)[:2] != PINNED_TORCH:
         report.add(
             "kohya.torch",
             REQ,
@@ -122,15 +129,45 @@ def _torch(report: Report, preflight: kohya.PreflightReport) -> None:
         )
     else:
         report.add("kohya.torch", REQ, "kohya's torch", "ok", f"torch {preflight.torch_version}")
-    if preflight.installed.get("torchvision") is False:
-        report.add(
-            "kohya.torchvision",
-            REQ,
-            "kohya's torchvision",
-            "fail",
-            "torchvision is not installed in kohya's venv; sd-scripts imports it",
-            "pip install torchvision (the build matching kohya's torch) in kohya's venv",
+    _torchvision(report, preflight)
+
+
+def _torchvision(report: Report, preflight: kohya.PreflightReport) -> None:
+    error = preflight.import_errors.get("torchvision")
+    if error is None:
+        version = preflight.torchvision_version
+        report.add("kohya.torchvision", REQ, "kohya's torchvision", "ok", f"torchvision {version}")
+        return
+    installed = preflight.installed.get("torchvision")
+    report.add(
+        "kohya.torchvision",
+        REQ,
+        "kohya's torchvision",
+        "fail",
+        f"torchvision cannot be imported in kohya's venv: {error}"
+        + ("; it is installed, but not a build for this torch" if installed else ""),
+        f"pip install the torchvision release made for torch {preflight.torch_version} (0.20.1 for 2.5.1) "
+        "in kohya's venv, from the index of kohya's torch build (a CUDA wheel fails on a Mac or a CPU)",
+    )
+
+
+def _tokenizer(report: Report, preflight: kohya.PreflightReport) -> None:
+    """The offline CLIP tokenizer folder of --tokenizer_cache_dir: SD 1.5's 77 tokens."""
+    check = preflight.tokenizer
+    id, title = "kohya.tokenizer", "kohya's CLIP tokenizer"
+    if check is None or (check.folder is None and not check.errors and not check.warnings):
+        report.add(id, REQ, title, "ok", "no --tokenizer_cache_dir: kohya loads it from the hub (cached)")
+    elif check.errors or check.warnings:
+        status: Status = "fail" if check.errors else "warn"
+        problems = check.errors or check.warnings
+        folder = check.folder or f"DIR/{SD15_TOKENIZER}"
+        fix = (
+            f"{folder} must hold a CLIP-L tokenizer (ComfyUI ships one: comfy/sd1_tokenizer) whose "
+            f'tokenizer_config.json says "model_max_length": {CLIP_MAX_LENGTH}'
         )
+        report.add(id, REQ, title, status, "; ".join(problems), fix)
+    else:
+        report.add(id, REQ, title, "ok", f"{check.folder}: model_max_length {check.max_length}")
 
 
 def _mps(report: Report, device: str | None) -> None:
@@ -192,7 +229,8 @@ def _accelerate(
             REQ,
             title,
             "fail",
-            next((e for e in preflight.errors if "accelerate" in e), "accelerate is not importable"),
+            f"accelerate cannot be imported in kohya's venv: "
+            f"{preflight.import_errors.get('accelerate', 'not installed')}",
             "pip install 'accelerate>=1.8' in kohya's venv",
         )
     elif preflight.device == "mps" and not preflight.fp16_allowed:

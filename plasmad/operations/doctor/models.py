@@ -1,7 +1,8 @@
 """The model files' checks (INFRA-02, INFRA-05): an SD 1.5 checkpoint and the OpenPose ControlNet.
 
-Each file is judged by its header (`modelfiles`, `controlnet.check_model`), never loaded; when
-ComfyUI answers, it must also list the file (else COMFYUI_DIR is not the folder it uses).
+Each file is judged by its header (`model_catalog`), never loaded, and found where ComfyUI finds
+it (`model_paths`: its models/ folders, links followed, then extra_model_paths.yaml); when ComfyUI
+answers, it must also list the file (else COMFYUI_DIR is not the folder it uses).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from plasmad.comfy import modelfiles
+from plasmad.comfy import model_catalog, model_paths
+from plasmad.comfy.model_paths import ModelFolders
 from plasmad.core.errors import PlasmaError
-from plasmad.generation import controlnet
 from plasmad.operations.doctor.report import Report
 
 _CHECKPOINT = ("models.checkpoint", "INFRA-02", "SD 1.5 checkpoint")
 _CONTROLNET = ("models.controlnet", "INFRA-05", "ControlNet OpenPose model")
+_PATHS = ("models.paths", "INFRA-02", "extra_model_paths.yaml")
 _NOT_LISTED_FIX = "COMFYUI_DIR must be the folder the running ComfyUI uses (or restart ComfyUI)"
 
 
@@ -25,9 +27,36 @@ async def check_models(report: Report) -> None:
         for id, req, title in (_CHECKPOINT, _CONTROLNET):
             report.add(id, req, title, "fail", "COMFYUI_DIR is not set: the models cannot be checked", fix)
         return
-    models = report.cfg.comfyui_dir / "models"
-    await _checkpoint(report, models / "checkpoints")
-    await _controlnet(report, models / "controlnet")
+    folders = await asyncio.to_thread(model_paths.model_folders, report.cfg)
+    _paths(report, folders)
+    await _checkpoint(report, folders)
+    await _controlnet(report, folders)
+
+
+def _paths(report: Report, folders: ModelFolders) -> None:
+    """The extra folders ComfyUI searches, when it has any; what in its YAML files cannot be used."""
+    if not folders.config_files and not folders.problems:
+        return
+    extra = {
+        kind: [str(f) for f in folders.search(kind) if not f.is_relative_to(folders.models_dir)]
+        for kind in model_paths.KINDS
+    }
+    found = "; ".join(f"{kind} also in {', '.join(paths)}" for kind, paths in extra.items() if paths)
+    read = ", ".join(str(f) for f in folders.config_files) or "no file"
+    if folders.problems:
+        report.add(
+            *_PATHS,
+            "warn",
+            f"{'; '.join(folders.problems)} (read: {read})",
+            "fix the file as utils/extra_config.py reads it (extra_model_paths.yaml.example), then "
+            "restart ComfyUI",
+        )
+        return
+    report.add(*_PATHS, "ok", f"{read}: {found or 'no checkpoint, LoRA or ControlNet folder'}")
+
+
+def _where(folders: ModelFolders, kind: model_paths.Kind) -> str:
+    return ", ".join(str(f) for f in folders.search(kind))
 
 
 async def _offered(report: Report, node: str, field: str) -> list[str] | None:
@@ -40,12 +69,13 @@ async def _offered(report: Report, node: str, field: str) -> list[str] | None:
         return None
 
 
-async def _checkpoint(report: Report, folder: Path) -> None:
-    found, pickles = await asyncio.to_thread(_sd15_checkpoints, folder)
+async def _checkpoint(report: Report, folders: ModelFolders) -> None:
+    found, pickles = await asyncio.to_thread(_sd15_checkpoints, folders)
+    folder = _where(folders, "checkpoints")
     offered = await _offered(report, "CheckpointLoaderSimple", "ckpt_name")
     name = report.cfg.checkpoint
     if name:
-        await _named_checkpoint(report, folder, name, found, offered)
+        await _named_checkpoint(report, folders, name, found, offered)
     elif found:
         report.add(
             *_CHECKPOINT,
@@ -60,16 +90,20 @@ async def _checkpoint(report: Report, folder: Path) -> None:
             *_CHECKPOINT,
             "fail",
             f"no SD 1.5 .safetensors checkpoint in {folder}{extra}",
-            f"download Anything V5 (SD 1.5) as .safetensors into {folder}, then set PLASMA_CHECKPOINT",
+            f"download Anything V5 (SD 1.5) as .safetensors into {folders.search('checkpoints')[0]} (or link "
+            "it there), then set PLASMA_CHECKPOINT",
         )
 
 
 async def _named_checkpoint(
-    report: Report, folder: Path, name: str, found: list[str], offered: list[str] | None
+    report: Report, folders: ModelFolders, name: str, found: list[str], offered: list[str] | None
 ) -> None:
-    """PLASMA_CHECKPOINT: an SD 1.5 safetensors in `folder`, which the running ComfyUI lists."""
+    """PLASMA_CHECKPOINT: an SD 1.5 safetensors where ComfyUI looks, which the running ComfyUI lists."""
+    folder = _where(folders, "checkpoints")
     try:
-        await asyncio.to_thread(modelfiles.check_model, folder, name, "PLASMA_CHECKPOINT", "checkpoint")
+        path = await asyncio.to_thread(
+            model_catalog.check_model, folders, "checkpoints", name, "PLASMA_CHECKPOINT"
+        )
     except PlasmaError as exc:
         report.add(
             *_CHECKPOINT,
@@ -83,60 +117,57 @@ async def _named_checkpoint(
         report.add(
             *_CHECKPOINT,
             "warn",
-            f"{name} is an SD 1.5 checkpoint in {folder}, but the running ComfyUI does not list it",
+            f"{name} is an SD 1.5 checkpoint ({path}), but the running ComfyUI does not list it",
             _NOT_LISTED_FIX,
         )
         return
-    report.add(*_CHECKPOINT, "ok", f"{name} (SD 1.5, by its header) in {folder}")
+    shown = await asyncio.to_thread(_shown, path)
+    report.add(*_CHECKPOINT, "ok", f"{name} (SD 1.5, by its header): {shown}")
 
 
-async def _controlnet(report: Report, folder: Path) -> None:
+async def _controlnet(report: Report, folders: ModelFolders) -> None:
     name = str(getattr(report.cfg, "controlnet", None) or "control_v11p_sd15_openpose.pth")
-    exists = await asyncio.to_thread((folder / name).is_file)
-    if not exists:
+    folder = _where(folders, "controlnet")
+    exists = await asyncio.to_thread(folders.find, "controlnet", name)
+    if exists is None:
         report.add(
             *_CONTROLNET,
             "warn",
             f"{name} is not in {folder}: ControlNet pose jobs (CTRL) are refused until it is",
-            f"download {name} from https://huggingface.co/lllyasviel/ControlNet-v1-1 into {folder}, "
+            f"download {name} from https://huggingface.co/lllyasviel/ControlNet-v1-1 into "
+            f"{folders.search('controlnet')[0]}, "
             "or set PLASMA_CONTROLNET to the OpenPose model you have",
         )
         return
     try:
-        await asyncio.to_thread(controlnet.check_model, folder, name, "PLASMA_CONTROLNET")
+        path = await asyncio.to_thread(
+            model_catalog.check_model, folders, "controlnet", name, "PLASMA_CONTROLNET"
+        )
     except PlasmaError as exc:
-        report.add(*_CONTROLNET, "fail", exc.message, f"download {name} again into {folder}")
+        report.add(*_CONTROLNET, "fail", exc.message, f"download {name} again ({exists})")
         return
     offered = await _offered(report, "ControlNetLoader", "control_net_name")
     if offered is not None and name not in offered:
         report.add(
             *_CONTROLNET,
             "warn",
-            f"{name} is in {folder}, but the running ComfyUI does not list it",
+            f"{name} is there ({path}), but the running ComfyUI does not list it",
             _NOT_LISTED_FIX,
         )
         return
     kind = "SD 1.5, by its header" if name.lower().endswith(".safetensors") else "a PyTorch file"
-    report.add(*_CONTROLNET, "ok", f"{name} ({kind}) in {folder}")
+    shown = await asyncio.to_thread(_shown, path)
+    report.add(*_CONTROLNET, "ok", f"{name} ({kind}): {shown}")
 
 
-def _sd15_checkpoints(folder: Path) -> tuple[list[str], list[str]]:
+def _shown(path: Path) -> str:
+    """The file, and where a link leads (an artist's shared models folder). Blocking."""
+    return f"{path} -> {path.resolve()}" if path.is_symlink() else str(path)
+
+
+def _sd15_checkpoints(folders: ModelFolders) -> tuple[list[str], list[str]]:
     """SD 1.5 checkpoints by header, and the pickle files we will not load. Blocking: run it in a thread."""
-    found: list[str] = []
-    for name in modelfiles.list_models(folder):
-        try:
-            info = modelfiles.inspect(folder / name)
-        except modelfiles.HeaderError:
-            continue
-        if info.role == "checkpoint" and info.family == "sd15":
-            found.append(name)
-    pickles = (
-        sorted(
-            p.name
-            for p in folder.glob("*")
-            if p.is_file() and p.name.lower().endswith(modelfiles.PICKLE_SUFFIXES)
-        )
-        if folder.is_dir()
-        else []
-    )
+    entries = model_catalog.catalog(folders, "checkpoints")
+    found = [e.name for e in entries if e.judgement.usable]
+    pickles = [e.name for e in entries if e.judgement.reason and "pickle" in e.judgement.reason]
     return found, pickles

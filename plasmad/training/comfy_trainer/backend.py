@@ -57,7 +57,7 @@ from plasmad.training.comfy_trainer.staging import (
     saved_file,
     stage_dataset,
 )
-from plasmad.training.kohya.outcome import OOM_ADVICE
+from plasmad.training.kohya.outcome import OOM_ADVICE, oom_advice
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,9 @@ class ComfyTrainer:
             failed = await self._run_chunk(graph, prompt_id, end - done, done, meter, events, stop)
             if failed is not None:
                 logger.line(f"chunk {number} ended: {failed.kind}: {failed.reason}")
+                if failed.advice is not None and OOM_ADVICE in failed.advice:
+                    advice = failed.advice.replace(OOM_ADVICE, oom_advice(spec.resolution, spec.network_dim))
+                    failed = Outcome(failed.kind, failed.reason, advice)
                 return failed
             native = await asyncio.to_thread(saved_file, folders["output"].parent.parent, prefix)
             if native is None:
@@ -301,6 +304,8 @@ def _cancelled(done: int, total: int) -> Outcome:
 
 
 def _failure(exc: PlasmaError) -> Outcome:
+    """How a failed chunk ended. The out-of-memory advice is LORA-01's; `_run` words it for the
+    training's own resolution and network_dim."""
     if _OOM_RE.search(exc.message):
         return Outcome("out_of_memory", f"out of memory: {exc.message}", OOM_ADVICE)
     if exc.code == ErrorCode.COMFYUI_UNAVAILABLE:

@@ -32,7 +32,7 @@ def comfy_folders(argv: list[str], root: Path, training_id: str) -> dict[str, Pa
     return {
         "input": _flag(argv, "--input-directory", base / "input", root) / OWN_FOLDER / training_id,
         "output": _flag(argv, "--output-directory", base / "output", root) / OWN_FOLDER / training_id,
-        "loras": root / "models" / "loras" / OWN_FOLDER / training_id,
+        "loras": base / "models" / "loras" / OWN_FOLDER / training_id,
     }
 
 

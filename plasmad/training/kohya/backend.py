@@ -18,8 +18,15 @@ from plasmad.core import processes
 from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError, not_configured
 from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
-from plasmad.training.kohya.command import KohyaParams, MixedPrecision, build_command, kohya_cwd
-from plasmad.training.kohya.outcome import classify_outcome
+from plasmad.training.kohya.command import (
+    BUCKET_STEP,
+    KohyaParams,
+    MixedPrecision,
+    build_command,
+    kohya_cwd,
+    trained_resolution,
+)
+from plasmad.training.kohya.outcome import classify_outcome, oom_advice
 from plasmad.training.kohya.output import CheckpointSaved, Event, Progress
 from plasmad.training.kohya.preflight import preflight
 from plasmad.training.kohya.runner import run_kohya
@@ -40,14 +47,22 @@ class KohyaTrainer:
 
     async def prepare(self, spec: TrainSpec) -> Prepared:
         """INFRA-03 / LORA-04 in seconds: the venv, the device torch trains on, fp16 or not."""
-        report = await preflight(self._python, self._script)
+        report = await preflight(self._python, self._script, self._extra)
         report.raise_for_errors()
+        side = trained_resolution(spec.resolution)
         settings = {
             "mixedPrecision": report.mixed_precision,
             "device": report.device,
             "torch": report.torch_version,
             "accelerate": report.accelerate_version,
+            "trainedResolution": side,
         }
+        warnings = [f"kohya: {w}" for w in report.warnings]
+        if side != spec.resolution:
+            warnings.append(
+                f"kohya trains in buckets of {BUCKET_STEP} px: resolution {spec.resolution} is trained at "
+                f"{side}x{side}"
+            )
         # The command line is checked now too (extra args that touch our flags, the name), so a bad
         # KOHYA_EXTRA_ARGS is refused at submission rather than after the queue.
         try:
@@ -56,7 +71,7 @@ class KohyaTrainer:
             if exc.field != "extra_args":
                 raise
             raise not_configured("KOHYA_EXTRA_ARGS", exc.message.split(": ", 1)[-1]) from None
-        return Prepared(settings=settings, warnings=[f"kohya: {w}" for w in report.warnings])
+        return Prepared(settings=settings, warnings=warnings)
 
     def _params(self, spec: TrainSpec, mixed_precision: MixedPrecision) -> KohyaParams:
         return KohyaParams(
@@ -95,7 +110,10 @@ class KohyaTrainer:
         result = await run_kohya(argv, env, cwd, spec.log_path, on_event, stop, term_timeout=TERM_TIMEOUT_S)
         final = spec.output_dir / f"{spec.output_name}.safetensors"
         whole = await asyncio.to_thread(lambda: final.is_file() and safetensors_complete(final))
-        return classify_outcome(result.exit_code, result.signal, whole, result.tail, result.cancelled)
+        advice = oom_advice(spec.resolution, spec.network_dim)
+        return classify_outcome(
+            result.exit_code, result.signal, whole, result.tail, result.cancelled, advice_on_oom=advice
+        )
 
     async def abandon(self, spec: TrainSpec, state: dict[str, Any]) -> None:
         """A daemon killed mid-training leaves kohya running in its own session (that is what lets

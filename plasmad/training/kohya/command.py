@@ -18,6 +18,9 @@ from plasmad.core.errors import invalid
 
 MixedPrecision: TypeAlias = Literal["fp16", "no"]
 
+# kohya's buckets are multiples of this for SD 1.5 (train_network.py asserts bucket_reso_steps % 64).
+BUCKET_STEP: Final = 64
+
 # The environment kohya runs with, on top of the daemon's own.
 KOHYA_ENV: Final[Mapping[str, str]] = {
     # Ops that MPS lacks fall back to the CPU instead of failing the run.
@@ -62,6 +65,11 @@ _MANAGED_FLAGS: Final = frozenset(
         "--network_dim",
         "--network_alpha",
         "--resolution",
+        "--enable_bucket",
+        "--min_bucket_reso",
+        "--max_bucket_reso",
+        "--bucket_reso_steps",
+        "--bucket_no_upscale",
         "--train_batch_size",
         "--max_train_steps",
         "--save_every_n_steps",
@@ -99,6 +107,30 @@ def _check_params(p: KohyaParams) -> None:
             raise invalid("extra_args", f"{arg} is set by Plasma and may not be overridden")
         if "8bit" in arg.lower():
             raise invalid("extra_args", f"{arg}: 8-bit optimizers do not run on this machine")
+
+
+def trained_resolution(resolution: int) -> int:
+    """The side kohya trains at for a requested `resolution`: its bucket, the multiple of 64 at or
+    below it (200 -> 192; 64..512 in steps of 64 are trained as asked)."""
+    return max(BUCKET_STEP, resolution // BUCKET_STEP * BUCKET_STEP)
+
+
+def _resolution_args(resolution: int) -> list[str]:
+    """Bucketing, so that the dataset's 512 px images are scaled down to the training resolution.
+
+    Without it kohya trains at exactly --resolution and refuses any larger image ("image too large,
+    but cropping and bucketing are disabled"): every resolution under 512 failed at step 0. The
+    buckets are capped at the trained side, so a square image becomes a square of that side and a
+    regularisation image of another shape gets the bucket of its aspect ratio within that area.
+    """
+    side = trained_resolution(resolution)
+    return [
+        "--resolution", f"{side},{side}",
+        "--enable_bucket",
+        "--min_bucket_reso", str(BUCKET_STEP),
+        "--max_bucket_reso", str(side),
+        "--bucket_reso_steps", str(BUCKET_STEP),
+    ]  # fmt: skip
 
 
 def abs_path(path: Path) -> str:
@@ -141,7 +173,7 @@ def build_command(
         "--network_module", "networks.lora",
         "--network_dim", str(p.network_dim),
         "--network_alpha", _number(p.network_alpha),
-        "--resolution", f"{p.resolution},{p.resolution}",
+        *_resolution_args(p.resolution),
         "--train_batch_size", str(limits.BATCH_SIZE),
         "--max_train_steps", str(p.steps),
     ]  # fmt: skip

@@ -13,15 +13,41 @@ import signal as signals
 from collections.abc import Sequence
 from typing import Final
 
+from plasmad.core import limits
 from plasmad.training.backend import Outcome
+from plasmad.training.kohya.command import BUCKET_STEP, trained_resolution
 from plasmad.training.kohya.output import EXCEPTION_RE, NO_DATA_RE
 
-OOM_ADVICE: Final = (
-    "Training ran out of memory. Quit other apps (browser, image editors, a running ComfyUI "
-    "generation), lower the training resolution (e.g. 512 -> 448 or 384), keep the batch size at 1, "
-    "and lower network_dim (e.g. 32 -> 16) if it fails again. Checkpoints saved before the failure "
-    "are kept."
-)
+# Below this a SD 1.5 LoRA learns little of a character: the advice never goes lower.
+MIN_ADVISED_RESOLUTION: Final = 256
+MIN_ADVISED_DIM: Final = 8
+
+
+def lower_resolutions(resolution: int) -> list[int]:
+    """Up to two training resolutions below `resolution` to try after running out of memory: each
+    one the API accepts and kohya trains as asked (a multiple of its 64 px buckets)."""
+    side = trained_resolution(resolution)
+    return [r for r in (side - BUCKET_STEP, side - 2 * BUCKET_STEP) if r >= MIN_ADVISED_RESOLUTION]
+
+
+def oom_advice(resolution: int = limits.TRAIN_MAX_RESOLUTION, network_dim: int = 32) -> str:
+    """What to do after running out of memory, for the settings that ran out: only lower settings
+    that run (tests/test_kohya.py trains on each suggestion's command line)."""
+    steps = [
+        "Training ran out of memory. Quit other apps (browser, image editors, a running ComfyUI generation)"
+    ]
+    lower = lower_resolutions(resolution)
+    if lower:
+        then = f", then {lower[1]}" if len(lower) > 1 else ""
+        steps.append(f"lower the training resolution from {resolution} (--resolution {lower[0]}{then})")
+    steps.append("keep the batch size at 1")
+    if network_dim // 2 >= MIN_ADVISED_DIM:
+        half = network_dim // 2
+        steps.append(f"and lower network_dim if it still fails (--dim {half} instead of {network_dim})")
+    return ", ".join(steps) + ". Checkpoints saved before the failure are kept."
+
+
+OOM_ADVICE: Final = oom_advice()  #: for LORA-01's defaults: 512 px, network_dim 32
 NO_DATA_ADVICE: Final = (
     "kohya found no training images: train_data_dir must be the parent of folders named "
     "<repeats>_<token> (e.g. 10_spyke_plasma_v1) that hold the images and their .txt captions."
@@ -81,8 +107,11 @@ def classify_outcome(
     final_file_exists: bool,
     tail: Sequence[str],
     cancelled: bool,
+    *,
+    advice_on_oom: str = OOM_ADVICE,
 ) -> Outcome:
-    """What a finished run means. Success needs the final file: kohya exits 0 on a missing dataset."""
+    """What a finished run means. Success needs the final file: kohya exits 0 on a missing dataset.
+    `advice_on_oom`: `oom_advice` for the run's own resolution and network_dim."""
     if final_file_exists and exit_code == 0:
         return Outcome("succeeded", "kohya wrote the final LoRA")
     if cancelled:
@@ -93,10 +122,10 @@ def classify_outcome(
         return Outcome(
             "out_of_memory",
             "the training process was killed (SIGKILL), most likely by the system for lack of memory",
-            OOM_ADVICE,
+            advice_on_oom,
         )
     if oom is not None:
-        return Outcome("out_of_memory", f"out of memory: {oom}", OOM_ADVICE)
+        return Outcome("out_of_memory", f"out of memory: {oom}", advice_on_oom)
     no_data = _last_line(tail, NO_DATA_RE)
     if no_data is not None:
         # The line is English, then " / " and the same in Japanese.

@@ -1,8 +1,9 @@
 """Whether kohya can train here, and how (INFRA-03, LORA-04): in seconds, before anything is queued.
 
-A small probe runs inside kohya's own Python: which torch and accelerate it has, and the device
-torch would train on. fp16 is used where that device allows it; the rest becomes warnings (a CPU
-only torch, an old accelerate) or errors (no torch, no torchvision) worded for the artist.
+A small probe runs inside kohya's own Python: it imports torch, torchvision and accelerate (each
+failure told with its own message) and finds the device torch would train on. fp16 is used where
+that device allows it; the rest becomes warnings (a CPU only torch, an old accelerate) or errors (a
+package that does not import, an offline tokenizer that is not SD 1.5's) worded for the artist.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
@@ -21,33 +23,40 @@ from typing import Any, Final, Literal, TypeAlias
 from plasmad.core import processes
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.training.kohya.command import KOHYA_ENV, MixedPrecision, abs_path
+from plasmad.training.kohya.tokenizer import TokenizerCheck, check_tokenizer
 
 Device: TypeAlias = Literal["cuda", "mps", "cpu"]
 
 PROBE_TIMEOUT_S: Final = 60.0
+IMPORTED: Final = ("torch", "torchvision", "accelerate")  #: what sd-scripts needs, in its order
 # Older accelerate refuses fp16 on an Apple GPU ("fp16 mixed precision requires a GPU (not 'mps')").
 FP16_MPS_MIN_ACCELERATE: Final = (1, 8)
 
 # Runs inside kohya's python. The marker line keeps the answer apart from anything torch prints.
+# Each package is imported, not just looked up: the registry's torchvision wheel is CUDA-built and,
+# on a CPU or MPS torch, installs fine and then fails at import ("operator torchvision::nms does not
+# exist"). In sd-scripts' order; the other two import torch, so a broken torch is the one failure told.
 _PROBE: Final = r"""
-import importlib.util, json, sys
+import importlib, importlib.util, json, sys
 out = {"python": sys.version.split()[0]}
-try:
+def why(exc):
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return type(exc).__name__ + (": " + lines[-1][:300] if lines else "")
+for name in ("torch", "torchvision", "accelerate"):
+    try:
+        out[name] = str(importlib.import_module(name).__version__)
+    except Exception as exc:
+        out[name + "_error"] = why(exc)
+        if name == "torch":
+            break
+if "torch" in out:
     import torch
-    out["torch"] = torch.__version__
     if torch.cuda.is_available():
         out["device"] = "cuda"
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         out["device"] = "mps"
     else:
         out["device"] = "cpu"
-except Exception as exc:
-    out["torch_error"] = f"{type(exc).__name__}: {exc}"
-try:
-    import accelerate
-    out["accelerate"] = accelerate.__version__
-except Exception as exc:
-    out["accelerate_error"] = f"{type(exc).__name__}: {exc}"
 installed = {}
 for name in ("torchvision", "bitsandbytes", "xformers", "triton"):
     try:
@@ -64,7 +73,10 @@ _PROBE_MARKER: Final = "PLASMA_PROBE "
 class PreflightReport:
     python_version: str | None = None
     torch_version: str | None = None
+    torchvision_version: str | None = None
     accelerate_version: str | None = None
+    import_errors: dict[str, str] = field(default_factory=dict)  #: package -> why it does not import
+    tokenizer: TokenizerCheck | None = None  #: the offline tokenizer folder, when configured
     device: Device | None = None  # where torch would train
     fp16_allowed: bool = False
     installed: dict[str, bool] = field(default_factory=dict)  # torchvision, bitsandbytes, xformers, triton
@@ -149,10 +161,18 @@ async def _probe(kohya_python: Path, cwd: Path, limit_s: float) -> tuple[dict[st
 
 
 async def preflight(
-    kohya_python: Path, kohya_script: Path, *, probe_timeout: float = PROBE_TIMEOUT_S
+    kohya_python: Path,
+    kohya_script: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    probe_timeout: float = PROBE_TIMEOUT_S,
 ) -> PreflightReport:
-    """Whether kohya can train here, and how: in seconds, without blocking the event loop."""
+    """Whether kohya can train here, and how: in seconds, without blocking the event loop.
+    `extra_args` is KOHYA_EXTRA_ARGS (an offline tokenizer folder there is checked)."""
     report = PreflightReport()
+    report.tokenizer = await asyncio.to_thread(check_tokenizer, extra_args)
+    report.errors += report.tokenizer.errors
+    report.warnings += report.tokenizer.warnings
     if os.sep in str(kohya_python):
         kohya_python = Path(abs_path(kohya_python))  # the probe runs in kohya's folder, not ours
     python_ok, script_ok = await _check_paths(report, kohya_python, kohya_script)
@@ -187,6 +207,7 @@ async def _check_paths(report: PreflightReport, kohya_python: Path, kohya_script
 def _read_answer(report: PreflightReport, answer: dict[str, Any]) -> None:
     report.python_version = _str_or_none(answer.get("python"))
     report.torch_version = _str_or_none(answer.get("torch"))
+    report.torchvision_version = _str_or_none(answer.get("torchvision"))
     report.accelerate_version = _str_or_none(answer.get("accelerate"))
     installed = answer.get("installed")
     report.installed = {str(k): bool(v) for k, v in installed.items()} if isinstance(installed, dict) else {}
@@ -195,15 +216,21 @@ def _read_answer(report: PreflightReport, answer: dict[str, Any]) -> None:
 
 
 def _judge_versions(report: PreflightReport, answer: dict[str, Any], kohya_python: Path) -> None:
-    """What is missing from kohya's venv (errors) or too old in it (warnings)."""
-    if report.torch_version is None:
-        report.errors.append(f"torch is not importable in {kohya_python}: {answer.get('torch_error')}")
-    if report.accelerate_version is None:
-        report.errors.append(
-            f"accelerate is not importable in {kohya_python}: {answer.get('accelerate_error')}"
-        )
-    if report.installed.get("torchvision") is False:
-        report.errors.append(f"torchvision is not installed in {kohya_python}; sd-scripts imports it")
+    """What does not import in kohya's venv (errors, in the probe's order, each with its own
+    message) or is too old (warnings)."""
+    versions = {
+        "torch": report.torch_version,
+        "torchvision": report.torchvision_version,
+        "accelerate": report.accelerate_version,
+    }
+    for name in IMPORTED:
+        if versions[name] is not None:
+            continue
+        why = str(answer.get(f"{name}_error") or "not installed (sd-scripts imports it)")
+        report.import_errors[name] = why
+        report.errors.append(f"{name} cannot be imported in {kohya_python}: {why}")
+        if name == "torch":
+            break  # the others import torch: their failures would only repeat this one
     if report.python_version and version_tuple(report.python_version) < (3, 10):
         report.warnings.append(
             f"sd-scripts wants Python 3.10 or newer; {kohya_python} is {report.python_version}"
