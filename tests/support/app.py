@@ -101,6 +101,7 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
     finally:
         if queue is not None:
             await queue.stop(0.2)  # a job still hanging in the fake is parked, as at a real stop
+            await service.core.hasher.close()
         await session.close()
         await store.close()
 
