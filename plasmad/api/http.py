@@ -132,6 +132,28 @@ async def approve_image(request: web.Request) -> web.Response:
     return web.json_response(await _svc(request).approve({**body, "image": request.match_info["name"]}))
 
 
+# --- reproductions and consistency checks (issue 12) ----------------------------------------------
+
+
+async def reproduce_image(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise invalid("body", "must be a JSON object")
+    answer = await _svc(request).reproduce({**body, "image": request.match_info["name"]})
+    return web.json_response(answer, status=202)
+
+
+async def start_consistency(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).consistency(await _body(request)), status=202)
+
+
+async def get_reproduction(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).reproduction(request.match_info["id"]))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
 async def dataset_reg(request: web.Request) -> web.Response:
     result = await _svc(request).datasets.reg(await _body(request))
     return web.json_response(result, status=202 if result["queued"] else 200)
@@ -222,6 +244,10 @@ def routes() -> list[web.RouteDef]:
         web.get("/jobs/{id}/workflow", get_job_workflow),
         web.post("/jobs/{id}/cancel", cancel_job),
         web.post("/images/{name}/approve", approve_image),
+        web.post("/images/{name}/reproduce", reproduce_image),  # issue 12
+        web.post("/consistency", start_consistency),
+        web.get("/consistency/{id}", get_reproduction),
+        web.get("/reproductions/{id}", get_reproduction),
         web.post("/datasets/reg", dataset_reg),
         web.post("/loras/train", train_lora),
         web.get("/loras", list_loras),

@@ -64,6 +64,10 @@ def build_methods(
         "bench": lambda s, p: s.start_bench(p),
         "bench_results": lambda s, p: s.benchmarks.results(p),
         "logs": lambda s, p: s.logs(p),
+        # issue 12: reproductions and consistency checks
+        "reproduce": lambda s, p: s.reproduce(p),
+        "consistency": lambda s, p: s.consistency(p),
+        "reproduction": lambda s, p: s.reproduction(p.get("id")),
         **(extra or {}),
     }
     return {name: _adapt(fn) for name, fn in table.items()}

@@ -28,6 +28,7 @@ from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import run_doctor
 from plasmad.operations.health import health
 from plasmad.operations.logs import read_logs
+from plasmad.reproduce.ops import ReproduceOps
 from plasmad.training.handler import TrainingHandler
 from plasmad.training.ops import TrainingOps
 
@@ -40,6 +41,7 @@ class Service:
         self.datasets = DatasetOps(core)
         self.training = TrainingOps(core)
         self.benchmarks = Bench(core)  #: INFRA-04
+        self.reproductions = ReproduceOps(core)  #: issue 12: reproduce a page, consistency checks
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -63,6 +65,17 @@ class Service:
 
     async def approve(self, body: Any) -> dict[str, Any]:
         return await self.generation.approve(body)
+
+    # --- reproductions and consistency checks (issue 12) ------------------------------------------
+
+    async def reproduce(self, body: Any) -> dict[str, Any]:
+        return await self.reproductions.reproduce(body)
+
+    async def consistency(self, body: Any) -> dict[str, Any]:
+        return await self.reproductions.consistency(body)
+
+    async def reproduction(self, record_id: Any) -> dict[str, Any]:
+        return await self.reproductions.status(record_id)
 
     # --- operating it -----------------------------------------------------------------------------
 

@@ -137,6 +137,40 @@ class PromoteRequest(WireModel):
     name: str | None = Field(default=None, min_length=1, max_length=100)  #: default: the outputName
 
 
+# --- reproductions and consistency checks (issue 12) ---------------------------------------------
+
+#: Runs of one reproduction or consistency check: each is a full render (ComfyUI's cache cleared).
+MAX_COMPARE_RUNS = 10
+
+
+class ReproduceRequest(WireModel):
+    """POST /images/:name/reproduce, JSON-RPC `reproduce` (the page's name is `image`)."""
+
+    image: str = Field(min_length=1)  #: chXX_pNNN_vN (with or without .png)
+    runs: int = Field(default=1, ge=1, le=MAX_COMPARE_RUNS)
+    force: bool = False  #: run even though a fingerprinted file changed (or none was recorded)
+
+
+class Crop(WireModel):
+    """A region of the image (pixels from the top-left corner): a detail such as the right bracer."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(ge=8)  #: SSIM's window is 7 px
+    height: int = Field(ge=8)
+
+
+class ConsistencyOptions(WireModel):
+    """POST /consistency, JSON-RPC `consistency`: these, plus a generation request's fields (the
+    prompt, the seed...), which are validated as any generation's."""
+
+    runs: int = Field(default=3, ge=2, le=MAX_COMPARE_RUNS)  #: acceptance criterion 2: three runs
+    crop: Crop | None = None  #: score this region alone
+
+
+# --------------------------------------------------------------------------------------------------
+
+
 class ViewModel(BaseModel):
     """Responses: built in Python by field name, sent in camelCase."""
 
