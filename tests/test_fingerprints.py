@@ -21,6 +21,7 @@ from plasmad.core.filehash import FileHasher
 from plasmad.generation import fingerprints, pipeline_files
 from tests.support.app import Api, OpenApi, eventually
 from tests.support.modelfiles import CHECKPOINT_SD15, LORA_SD15, SD15_CHECKPOINT, SD15_LORA, write_safetensors
+from tests.test_controlnet import DEFAULT_PTH, make_comfyui_tree, posed, save, skeleton, staged_name
 
 #: The "2 GB checkpoint" of the ordering test, smaller to keep the suite quick: still seconds to hash.
 BIG_BYTES = 1024**3
@@ -177,3 +178,25 @@ async def test_a_model_replaced_under_its_name_clears_comfyuis_cache(api: Api) -
     job = await api.wait_job(await api.submit(loraId=LORA_SD15))
     assert job["status"] == "succeeded" and api.fake.freed == 1
     assert job["result"]["fingerprints"]["lora"]["sha256"] == sha256_of(lora)
+
+
+async def test_a_posed_page_fingerprints_its_controlnet_and_images(tmp_path: Path, open_api: OpenApi) -> None:
+    """The ControlNet model and the pose and init images (as staged in ComfyUI's input/) too."""
+    make_comfyui_tree(tmp_path / "ComfyUI")
+    api = await open_api()
+    api.fake.image = png_of()
+    pose = save(skeleton(), tmp_path / "img" / "pose.png")
+    init = save(Image.new("RGB", (64, 96), (40, 90, 160)), tmp_path / "img" / "init.png")
+    body = posed(pose, initImagePath=str(init), loraId=LORA_SD15, chapter=1, page=2, seed=9)
+    job = await api.wait_job(await api.submit(**body))
+    assert job["status"] == "succeeded", job
+    prints = job["result"]["fingerprints"]
+    assert set(prints) == {"checkpoint", "lora", "controlnet", "poseImage", "initImage"}
+    assert prints["controlnet"]["file"] == DEFAULT_PTH
+    assert prints["controlnet"]["sha256"] == sha256_of(models(api) / "controlnet" / DEFAULT_PTH)
+    for role, source in (("poseImage", pose), ("initImage", init)):
+        assert prints[role]["file"] == staged_name(source) and prints[role]["sha256"] == sha256_of(source)
+    raw = pipeline_files.raw_dir(api.cfg.pipeline_dir or Path(), 1)
+    [entry] = json.loads((raw.parent / pipeline_files.LOG_NAME).read_text())
+    assert entry["fingerprints"] == prints
+    assert entry["poseImageHash"] == prints["poseImage"]["sha256"]  # the ControlNet fields agree
