@@ -47,7 +47,7 @@ def _print_runs(record: dict[str, Any]) -> None:
         same = {True: "yes", False: "no", None: "-"}[r.get("identical")]
         diff = "-" if r.get("maxDiff") is None else str(r["maxDiff"])
         rows.append([f"run {r['run']}", r["status"], same, diff, _score(r.get("ssim")), r.get("note") or ""])
-    click.echo(table(rows, ["RUN", "JOB", "IDENTICAL", "MAX DIFF", "SSIM", "NOTE"]))
+    click.echo(table(rows, ["RUN", "STATUS", "IDENTICAL", "MAX DIFF", "SSIM", "NOTE"]))
 
 
 def _print_pending(record: dict[str, Any]) -> None:
