@@ -70,9 +70,10 @@ def big_checkpoint(folder: Path, size: int) -> Path:
 async def hashed(log: Path, path: Path, timeout: float = 600) -> float:
     """Wait for plasmad's log line saying it hashed `path`; the seconds it says it took."""
     deadline = time.monotonic() + timeout
+    needle = f"hashed {await asyncio.to_thread(path.resolve)} "
     while time.monotonic() < deadline:
         for line in (await asyncio.to_thread(log.read_text)).splitlines():
-            if f"hashed {path.resolve()} " in line:
+            if needle in line:
                 return float(line.split(" in ")[-1].split(" s")[0])
         await asyncio.sleep(0.2)
     raise TimeoutError(f"{path} was not hashed")
@@ -141,7 +142,9 @@ def start_daemon(root: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--gib", type=float, default=2.0, help="size of the file hashed, GiB")
     parser.add_argument("--port", type=int, default=8186, help="port of the managed demo ComfyUI")

@@ -47,7 +47,8 @@ def read_page(pipeline: Path, image: str) -> Page:
     picture = raw / f"{name}.png"
     if not picture.is_file():
         raise not_found(f"page image {picture}")
-    workflow = raw / str(entry.get("workflowFile") or f"{name}.workflow.json")
+    # A plain name beside the image, whatever the (hand-editable) log says.
+    workflow = raw / Path(str(entry.get("workflowFile") or f"{name}.workflow.json")).name
     try:
         graph = json.loads(workflow.read_text(encoding="utf-8"))
     except FileNotFoundError:
