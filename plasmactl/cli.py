@@ -19,7 +19,15 @@ from typing import Any
 
 import click
 
-from plasmactl import dataset_cmds, job_cmds, model_cmds, operations_cmds, service_cmds, train_cmds
+from plasmactl import (
+    dataset_cmds,
+    job_cmds,
+    model_cmds,
+    operations_cmds,
+    reproduce_cmds,
+    service_cmds,
+    train_cmds,
+)
 from plasmactl.context import Ctl, json_option
 from plasmactl.output import EMITTED_KEY, JSON_KEY, Exit
 from plasmad.core.config import client_socket_path
@@ -112,6 +120,10 @@ for command in (
     job_cmds.jobs,
     job_cmds.cancel,
     job_cmds.approve,
+    # reproducing a page, same-seed consistency (issue 12)
+    reproduce_cmds.reproduce,
+    reproduce_cmds.consistency,
+    reproduce_cmds.reproduction,
     # operating plasmad
     operations_cmds.health,
     operations_cmds.doctor,

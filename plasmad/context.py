@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.process import ManagedComfyUI
@@ -21,6 +22,7 @@ from plasmad.comfy.templates import TemplateSet
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.core.events import EventBus
+from plasmad.core.filehash import FileHasher
 from plasmad.core.gpu_lock import GpuLock
 from plasmad.core.job_queue import JobQueue
 from plasmad.core.jobs import Destination
@@ -50,6 +52,11 @@ class Core:
     def events(self) -> EventBus:
         """What happens to jobs, trainings and ComfyUI, for `GET /events` and the board."""
         return self.queue.events
+
+    @cached_property
+    def hasher(self) -> FileHasher:
+        """SHA-256 of model and image files, cached in the state dir (the fingerprints of issue 12)."""
+        return FileHasher(self.cfg.state_dir / "file-hashes.sqlite3")
 
     def check_accepting(self) -> None:
         if not self.accepting:

@@ -205,6 +205,7 @@ class Daemon:
         yield
         await queue.stop(cfg.shutdown_grace_s)  # the running job gets its grace, then is parked
         await service.benchmarks.close()
+        await service.core.hasher.close()  # a big file still being hashed is dropped, not waited for
 
     async def _socket(self, app: web.Application) -> AsyncIterator[None]:
         path = self.cfg.socket_path

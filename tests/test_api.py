@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from plasmad.core.errors import ErrorCode
-from plasmad.generation import pipeline_files
+from plasmad.generation import fingerprints, pipeline_files
 from tests.fakes.fake_comfyui import PNG
 from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
 from tests.support.modelfiles import (
@@ -57,7 +57,9 @@ async def test_submit_then_poll_until_succeeded(api: Api) -> None:
     job = await api.wait_job(job_id)
     assert job["status"] == "succeeded", job
     image = api.cfg.state_dir / "images" / f"{job_id}.png"
-    assert job["outputs"] == [str(image)] and image.read_bytes() == PNG
+    # ComfyUI's bytes, plus the fingerprints' text chunk (issue 12; tests/test_reproduce.py).
+    assert job["outputs"] == [str(image)]
+    assert image.read_bytes() == fingerprints.add_to_png(PNG, job["result"]["fingerprints"])
     assert job["seed"] == 7 and job["request"]["checkpoint"] == CHECKPOINT_SD15
     assert job["startedAt"] and job["finishedAt"] and job["progress"] == {"step": 2, "total": 2}
     # The graph ComfyUI got is the one stored, and the one written beside the image.
@@ -100,7 +102,8 @@ async def test_page_job_writes_the_pipeline_files_and_log(api: Api) -> None:
     assert job["status"] == "succeeded", job
     raw = pipeline_files.raw_dir(api.cfg.pipeline_dir or Path(), 1)
     assert job["outputs"] == [str(raw / "ch01_p001_v1.png")]
-    assert (raw / "ch01_p001_v1.png").read_bytes() == PNG
+    stamped = fingerprints.add_to_png(PNG, job["result"]["fingerprints"])
+    assert (raw / "ch01_p001_v1.png").read_bytes() == stamped
     workflow = json.loads((raw / "ch01_p001_v1.workflow.json").read_text())
     assert workflow == api.fake.prompts[0]["prompt"]
 

@@ -28,6 +28,7 @@ from plasmad.core.wire import (
     ApproveBody,
     BenchRequest,
     BenchResultsParams,
+    ConsistencyRequest,
     DatasetRegRequest,
     GenerateRequest,
     JobLogParams,
@@ -42,6 +43,7 @@ from plasmad.core.wire import (
     PagesParams,
     PagesView,
     PromoteRequest,
+    ReproduceBody,
     RerollRequest,
     ThumbnailParams,
     TrainingView,
@@ -62,6 +64,7 @@ from plasmad.core.wire_views import (
     PlasmaEvent,
     PromoteView,
     RegView,
+    ReproductionView,
     SamplesView,
     Workflow,
 )
@@ -178,6 +181,32 @@ async def approve_image(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
     return web.json_response(await _svc(request).approve({**body, "image": request.match_info["name"]}))
+
+
+# --- reproductions and consistency checks (issue 12) ----------------------------------------------
+
+
+async def reproduce_image(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise invalid("body", "must be a JSON object")
+    answer = await _svc(request).reproduce({**body, "image": request.match_info["name"]})
+    return web.json_response(answer, status=202)
+
+
+async def start_consistency(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).consistency(await _body(request)), status=202)
+
+
+async def get_reproduction(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).reproduction(request.match_info["id"]))
+
+
+async def get_consistency(request: web.Request) -> web.Response:
+    return await get_reproduction(request)  # one store of records; a name per route in the spec
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 async def dataset_reg(request: web.Request) -> web.Response:
@@ -381,6 +410,18 @@ def routes() -> list[Route]:
           headers=(H("Last-Event-ID", "the last event id seen: replay what came after it"),), tag="events",
           description=events.__doc__),
         R("GET", "/openapi.json", openapi_document, OpenApiDocument, "This document", tag="operations"),
+        # Reproductions and consistency checks (issue 12).
+        R("POST", "/images/{name}/reproduce", reproduce_image, ReproductionView,
+          "Render a page's stored workflow again and compare", status=202, body=ReproduceBody,
+          errors=SUBMITS, rpc="reproduce", tag="reproduce"),
+        R("POST", "/consistency", start_consistency, ReproductionView,
+          "N same-seed generations of a prompt, compared", status=202, body=ConsistencyRequest,
+          errors=SUBMITS, rpc="consistency", tag="reproduce"),
+        R("GET", "/reproductions/{id}", get_reproduction, ReproductionView,
+          "A reproduction or consistency check: its runs and scores", errors=(400,), rpc="reproduction",
+          tag="reproduce"),
+        R("GET", "/consistency/{id}", get_consistency, ReproductionView,
+          "A consistency check: its runs and scores", errors=(400,), tag="reproduce"),
         R("GET", "/models", list_models, ModelsView, "Checkpoints, LoRAs and ControlNets a request may name",
           errors=(503,), rpc="models", tag="operations"),
         # The review board (issue 14): pages and versions, their images, new versions, the loss log,

@@ -31,6 +31,7 @@ from plasmad.operations.health import health
 from plasmad.operations.logs import read_logs
 from plasmad.operations.models import list_models
 from plasmad.pages.ops import PagesOps
+from plasmad.reproduce.ops import ReproduceOps
 from plasmad.training.handler import TrainingHandler
 from plasmad.training.ops import TrainingOps
 
@@ -44,6 +45,7 @@ class Service:
         self.training = TrainingOps(core)
         self.benchmarks = Bench(core)  #: INFRA-04
         self.pages = PagesOps(core)  #: the review board's pages, versions and images
+        self.reproductions = ReproduceOps(core)  #: issue 12: reproduce a page, consistency checks
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -75,6 +77,17 @@ class Service:
 
     async def vary(self, image: Any, body: Any = None) -> dict[str, Any]:
         return await self.jobs.view(await self.pages.vary(image, body))
+
+    # --- reproductions and consistency checks (issue 12) ------------------------------------------
+
+    async def reproduce(self, body: Any) -> dict[str, Any]:
+        return await self.reproductions.reproduce(body)
+
+    async def consistency(self, body: Any) -> dict[str, Any]:
+        return await self.reproductions.consistency(body)
+
+    async def reproduction(self, record_id: Any) -> dict[str, Any]:
+        return await self.reproductions.status(record_id)
 
     # --- operating it -----------------------------------------------------------------------------
 

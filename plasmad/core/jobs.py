@@ -38,6 +38,26 @@ class Destination(StateModel):
     caption: str | None = None  #: absolute path of a caption file written first
     caption_text: str | None = None
     details: dict[str, Any] = {}  #: what the feature wants to show about it (dataset, index, seed)
+    #: Clear ComfyUI's cache before the render and check after it that everything ran: a
+    #: reproduction or a consistency run compares renders, and one served from the cache proves nothing.
+    fresh: bool = False
+
+
+# --- fingerprints (issue 12) ---------------------------------------------------------------------
+
+
+class FingerprintedFile(StateModel):
+    """A file the graph names whose SHA-256 goes into the image's log entry and PNG
+    (plasmad.generation.fingerprints): found when the job is queued, hashed by the time it publishes."""
+
+    role: str  #: checkpoint | lora | controlnet | poseImage | initImage
+    node: str  #: the graph node whose input names it
+    input: str
+    file: str  #: the name as the graph has it (relative to its ComfyUI folder)
+    path: str  #: where it was found when the job was queued
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 class GenerationState(StateModel):
@@ -54,3 +74,5 @@ class GenerationState(StateModel):
     timing: dict[str, Any] | None = None  #: the sampler's rate (plasmad.generation.timing)
     outputs: list[str] = []  #: the files written
     comfy_image: str | None = None  #: the image's name in ComfyUI's output folder
+    files: list[FingerprintedFile] = []  #: hashed while the job waits and renders (issue 12)
+    fingerprints: dict[str, Any] | None = None  #: their hashes, as the log entry and the PNG carry them

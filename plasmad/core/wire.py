@@ -183,6 +183,52 @@ class PromoteParams(PromoteRequest):
     id: str
 
 
+# --- reproductions and consistency checks (issue 12) ---------------------------------------------
+
+#: Runs of one reproduction or consistency check: each is a full render (ComfyUI's cache cleared).
+MAX_COMPARE_RUNS = 10
+
+
+class ReproduceBody(WireModel):
+    """POST /images/:name/reproduce's body."""
+
+    runs: int = Field(default=1, ge=1, le=MAX_COMPARE_RUNS)
+    force: bool = False  #: run even though a fingerprinted file changed (or none was recorded)
+
+
+class ReproduceRequest(ReproduceBody):
+    """JSON-RPC `reproduce`: the page's name (`image`) and the body of POST /images/:name/reproduce."""
+
+    image: str = Field(min_length=1)  #: chXX_pNNN_vN (with or without .png)
+
+
+class Crop(WireModel):
+    """A region of the image (pixels from the top-left corner): a detail such as the right bracer."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(ge=8)  #: SSIM's window is 7 px
+    height: int = Field(ge=8)
+
+
+class ConsistencyOptions(WireModel):
+    """POST /consistency, JSON-RPC `consistency`: these, plus a generation request's fields (the
+    prompt, the seed...), which are validated as any generation's."""
+
+    runs: int = Field(default=3, ge=2, le=MAX_COMPARE_RUNS)  #: acceptance criterion 2: three runs
+    crop: Crop | None = None  #: score this region alone
+
+
+class ConsistencyRequest(GenerateRequest):
+    """POST /consistency's body, as the spec shows it: a generation request and the options."""
+
+    runs: int = Field(default=3, ge=2, le=MAX_COMPARE_RUNS)
+    crop: Crop | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+
+
 class ViewModel(BaseModel):
     """Responses: built in Python by field name, sent in camelCase."""
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from plasmad.core.errors import ErrorCode
+from plasmad.core.jobs import StateModel
 from plasmad.core.wire import JobView, TrainingView, ViewModel
 
 V = TypeVar("V", bound=BaseModel)
@@ -390,3 +391,66 @@ class TrainingCheckpointEvent(EventBase):
 
 class PlasmaEvent(RootModel[JobEvent | TrainingProgressEvent | TrainingCheckpointEvent]):
     """The JSON `data` of one Server-Sent Event; the SSE `event` field is its `type`."""
+
+
+# --- reproductions and consistency checks (issue 12): stored as record.json, answered as it is -----
+
+Status = Literal["same", "changed", "missing", "unrecorded"]
+
+
+class FileCheck(StateModel):
+    """One fingerprinted file of a page, as it is now."""
+
+    role: str
+    file: str
+    path: str | None = None  #: where it is now (None: not found)
+    recorded: str | None = None  #: the SHA-256 the page's log entry holds
+    now: str | None = None  #: the SHA-256 of the file now
+    status: Status
+
+
+class RunResult(StateModel):
+    """One run, compared with the reference (the page; in a consistency check, run 1)."""
+
+    run: int
+    job: str
+    status: str  #: the job's: succeeded, failed, cancelled
+    image: str | None = None
+    identical: bool | None = None  #: every pixel the same
+    max_diff: int | None = None  #: the largest difference of one channel of one pixel, 0-255
+    ssim: float | None = None  #: structural similarity, 1.0 = the same picture
+    note: str | None = None  #: why it was not compared (the job failed, the size differs)
+    sampler_steps: int | None = None  #: the steps ComfyUI reported: proof the sampler ran
+
+
+class Record(StateModel):
+    id: str
+    kind: Literal["reproduce", "consistency"]
+    state: Literal["running", "done"] = "running"
+    folder: str
+    jobs: list[str]
+    runs: int
+    created_at: str
+    # A reproduction
+    page: str | None = None  #: chXX_pNNN_vN
+    original: str | None = None  #: the page's image
+    workflow: str | None = None  #: the page's stored graph, which each run renders as it is
+    force: bool = False
+    files: list[FileCheck] = Field(default_factory=list)
+    # A consistency check
+    request: dict[str, Any] | None = None  #: the generation, as validated (seed filled in)
+    seed: int | None = None
+    crop: dict[str, int] | None = None
+    # Once every run has ended
+    results: list[RunResult] = Field(default_factory=list)
+    matrix: list[list[float | None]] | None = None  #: SSIM of every run against every run
+    identical: bool | None = None  #: every run pixel-identical to the reference
+    min_ssim: float | None = None
+    sheet: str | None = None
+
+
+class ReproductionView(Record):
+    """GET /reproductions/:id (and the answer of starting one): the record, and how far its runs are."""
+
+    done: int  #: runs ended
+    total: int

@@ -26,7 +26,7 @@ from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import JobStatus
 from plasmad.core.store import Job, now
 from plasmad.core.wire import GenerateRequest
-from plasmad.generation import pipeline_files
+from plasmad.generation import fingerprints, fresh_run, pipeline_files
 from plasmad.generation.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,13 @@ class GenerationHandler:
             await self._core.store.update(job.id, prompt_id=prompt_id)
             ctx.job.prompt_id = prompt_id
             timer = StepTimer(ctx.report)  # the benchmark (INFRA-04) reads state.timing
+            await fresh_run.before_render(self._core, state, job.id)  # a reproduction; a replaced model
             log.info("job %s: sending prompt %s to ComfyUI", job.id, prompt_id)
             images = await comfy.run(state.graph, prompt_id, timer.report, timeout, cancelled=ctx.cancelled)
             timer.stop()
             state.timing = timer.summary()
+            if fresh_run.wanted(state):
+                await fresh_run.check(self._core, prompt_id, state.timing)
             log.info("job %s: ComfyUI ran prompt %s: %s", job.id, prompt_id, timer.describe())
         png = await comfy.view(images[0])
         outputs = await self._save(job, state, png)
@@ -82,10 +85,15 @@ class GenerationHandler:
         return None
 
     async def _save(self, job: Job, state: GenerationState, png: bytes) -> list[str]:
-        req = GenerateRequest.model_validate(job.request)
+        # Fingerprints (issue 12): the hashes started when the job was queued; in the log entry
+        # (via `state`) and in the PNG, as a text chunk beside ComfyUI's graph.
+        state.fingerprints = await fingerprints.fingerprint(self._core.hasher, state.files)
+        png = fingerprints.add_to_png(png, state.fingerprints)
         if state.destination is not None:
-            # A file named when the job was queued (a reg image): created there, never replaced.
+            # A file named when the job was queued (a reg image, a reproduction): created there,
+            # never replaced. Its job's request need not be a GenerateRequest (a reproduction's is not).
             return [str(await asyncio.to_thread(write_destination, state.destination, png))]
+        req = GenerateRequest.model_validate(job.request)
         if req.chapter is None or req.page is None:
             folder = self._core.cfg.state_dir / "images"
             image = folder / f"{job.id}.png"
@@ -145,6 +153,7 @@ def log_entry(req: GenerateRequest, state: GenerationState) -> dict[str, Any]:
         "width": state.width,
         "height": state.height,
         **state.log_extra,
+        "fingerprints": state.fingerprints,  # issue 12
     }
 
 

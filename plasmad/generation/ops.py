@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 from plasmad.context import Core
@@ -19,7 +20,7 @@ from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job
 from plasmad.core.wire import ApproveParams, GenerateRequest, PageRequest, parse
 from plasmad.core.wire_views import LogEntry, checked
-from plasmad.generation import controlnet, pipeline_files
+from plasmad.generation import controlnet, fingerprints, pipeline_files
 from plasmad.generation.validation import GenerationPlan, validate_generate
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ class GenerationOps:
             # CTRL-01: the images go into ComfyUI's input/ now, so the stored graph is the one sent.
             await asyncio.to_thread(controlnet.stage_images, plan.controlnet, core.cfg.require_comfyui_dir())
             fields.update(controlnet.job_state(plan.controlnet, template, graph))
+        # Fingerprints (issue 12): the files the graph names, hashed from now on in the background;
+        # the worker awaits the hashes only when it publishes the image.
+        fields["files"] = await asyncio.to_thread(
+            fingerprints.files_of, template, graph, core.cfg
+        )
+        core.hasher.prefetch(Path(f.path) for f in fields["files"])
         state = GenerationState(template=plan.template, graph=graph, destination=destination, **fields)
         job = Job(
             id=job_id,

@@ -42,6 +42,8 @@ class FakeComfyUI:
         self.freed = 0
         self.delay = 0.3  #: how long history takes to fill in drop / silent
         self.nodes: dict[str, Any] = {}  #: more /object_info answers: custom nodes a test says are installed
+        self.image = PNG  #: what /view serves
+        self.messages: list[Any] = []  #: the status messages a successful prompt's history lists
         self._hang: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = web.Application()
@@ -95,7 +97,7 @@ class FakeComfyUI:
     def _succeed(self, prompt_id: str) -> None:
         self.history[prompt_id] = {
             "prompt": [],
-            "status": {"status_str": "success", "completed": True, "messages": []},
+            "status": {"status_str": "success", "completed": True, "messages": list(self.messages)},
             "outputs": {
                 "9": {"images": [{"filename": f"{prompt_id}.png", "subfolder": "", "type": "output"}]}
             },
@@ -212,4 +214,4 @@ class FakeComfyUI:
         return web.Response()
 
     async def view(self, request: web.Request) -> web.Response:
-        return web.Response(body=PNG, content_type="image/png")
+        return web.Response(body=self.image, content_type="image/png")

@@ -106,6 +106,7 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
             await queue.stop(0.2)  # a job still hanging in the fake is parked, as at a real stop
         if service is not None:
             await service.benchmarks.close()
+            await service.core.hasher.close()
         await session.close()
         await store.close()
 

@@ -56,6 +56,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/consistency": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** N same-seed generations of a prompt, compared */
+        post: operations["startConsistency"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/consistency/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A consistency check: its runs and scores */
+        get: operations["getConsistency"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/datasets/reg": {
         parameters: {
             query?: never;
@@ -158,6 +192,23 @@ export interface paths {
         put?: never;
         /** Approve a page (its log entry) */
         post: operations["approveImage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/images/{name}/reproduce": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Render a page's stored workflow again and compare */
+        post: operations["reproduceImage"];
         delete?: never;
         options?: never;
         head?: never;
@@ -541,6 +592,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/reproductions/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A reproduction or consistency check: its runs and scores */
+        get: operations["getReproduction"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -826,6 +894,150 @@ export interface components {
             version?: string | null;
         };
         /**
+         * ConsistencyRequest
+         * @description POST /consistency's body, as the spec shows it: a generation request and the options.
+         * @example {
+         *       "chapter": 1,
+         *       "loraId": "spyke_plasma_v1.safetensors",
+         *       "negativePrompt": "blurry",
+         *       "page": 1,
+         *       "prompt": "spyke_plasma_v1, full body, rooftop",
+         *       "resolution": {
+         *         "height": 768,
+         *         "width": 512
+         *       },
+         *       "seed": 42,
+         *       "steps": 20
+         *     }
+         */
+        ConsistencyRequest: {
+            /**
+             * Batch Size
+             * @default 1
+             */
+            batch_size?: number;
+            /**
+             * Cfg
+             * @default 7
+             */
+            cfg?: number;
+            /**
+             * Chapter
+             * @default null
+             */
+            chapter?: number | null;
+            /**
+             * Checkpoint
+             * @default null
+             */
+            checkpoint?: string | null;
+            /**
+             * Controlnet
+             * @default null
+             */
+            controlnet?: string[] | null;
+            /**
+             * Controlnetstrength
+             * @default null
+             */
+            controlnetStrength?: number | null;
+            /** @default null */
+            crop?: components["schemas"]["Crop"] | null;
+            /**
+             * Denoise
+             * @default null
+             */
+            denoise?: number | null;
+            /**
+             * Initimagepath
+             * @default null
+             */
+            initImagePath?: string | null;
+            /**
+             * Loraid
+             * @default null
+             */
+            loraId?: string | null;
+            /**
+             * Lorastrength
+             * @default 1
+             */
+            loraStrength?: number;
+            /**
+             * Negativeprompt
+             * @default
+             */
+            negativePrompt?: string;
+            /**
+             * Page
+             * @default null
+             */
+            page?: number | null;
+            /**
+             * Poseimagepath
+             * @default null
+             */
+            poseImagePath?: string | null;
+            /**
+             * Poseisskeleton
+             * @default true
+             */
+            poseIsSkeleton?: boolean;
+            /** Prompt */
+            prompt: string;
+            /**
+             * Promptfile
+             * @default null
+             */
+            promptFile?: string | null;
+            /**
+             * @default {
+             *       "height": 768,
+             *       "width": 512
+             *     }
+             */
+            resolution?: components["schemas"]["Resolution"];
+            /**
+             * Runs
+             * @default 3
+             */
+            runs?: number;
+            /**
+             * Sampler
+             * @default euler_ancestral
+             */
+            sampler?: string;
+            /**
+             * Scheduler
+             * @default normal
+             */
+            scheduler?: string;
+            /**
+             * Seed
+             * @default null
+             */
+            seed?: number | null;
+            /**
+             * Steps
+             * @default 20
+             */
+            steps?: number;
+        };
+        /**
+         * Crop
+         * @description A region of the image (pixels from the top-left corner): a detail such as the right bracer.
+         */
+        Crop: {
+            /** Height */
+            height: number;
+            /** Width */
+            width: number;
+            /** X */
+            x: number;
+            /** Y */
+            y: number;
+        };
+        /**
          * DatasetRegRequest
          * @description POST /datasets/reg, JSON-RPC `dataset_reg`: the regularisation set of a dataset (DATA-03).
          */
@@ -959,6 +1171,36 @@ export interface components {
              * @enum {string}
              */
             name: "invalid_input" | "forbidden" | "not_found" | "unsupported_media" | "conflict" | "not_configured" | "comfyui_unavailable" | "comfyui_rejected" | "training_failed" | "out_of_memory" | "shutting_down" | "internal";
+        };
+        /**
+         * FileCheck
+         * @description One fingerprinted file of a page, as it is now.
+         */
+        FileCheck: {
+            /** File */
+            file: string;
+            /**
+             * Now
+             * @default null
+             */
+            now?: string | null;
+            /**
+             * Path
+             * @default null
+             */
+            path?: string | null;
+            /**
+             * Recorded
+             * @default null
+             */
+            recorded?: string | null;
+            /** Role */
+            role: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "same" | "changed" | "missing" | "unrecorded";
         };
         /**
          * GenerateRequest
@@ -1934,6 +2176,134 @@ export interface components {
             seed: number;
         };
         /**
+         * ReproduceBody
+         * @description POST /images/:name/reproduce's body.
+         */
+        ReproduceBody: {
+            /**
+             * Force
+             * @default false
+             */
+            force?: boolean;
+            /**
+             * Runs
+             * @default 1
+             */
+            runs?: number;
+        };
+        /**
+         * ReproduceRequest
+         * @description JSON-RPC `reproduce`: the page's name (`image`) and the body of POST /images/:name/reproduce.
+         */
+        ReproduceRequest: {
+            /**
+             * Force
+             * @default false
+             */
+            force?: boolean;
+            /** Image */
+            image: string;
+            /**
+             * Runs
+             * @default 1
+             */
+            runs?: number;
+        };
+        /**
+         * ReproductionView
+         * @description GET /reproductions/:id (and the answer of starting one): the record, and how far its runs are.
+         */
+        ReproductionView: {
+            /** Createdat */
+            createdAt: string;
+            /**
+             * Crop
+             * @default null
+             */
+            crop?: {
+                [key: string]: number;
+            } | null;
+            /** Done */
+            done: number;
+            /** Files */
+            files?: components["schemas"]["FileCheck"][];
+            /** Folder */
+            folder: string;
+            /**
+             * Force
+             * @default false
+             */
+            force?: boolean;
+            /** Id */
+            id: string;
+            /**
+             * Identical
+             * @default null
+             */
+            identical?: boolean | null;
+            /** Jobs */
+            jobs: string[];
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "reproduce" | "consistency";
+            /**
+             * Matrix
+             * @default null
+             */
+            matrix?: (number | null)[][] | null;
+            /**
+             * Minssim
+             * @default null
+             */
+            minSsim?: number | null;
+            /**
+             * Original
+             * @default null
+             */
+            original?: string | null;
+            /**
+             * Page
+             * @default null
+             */
+            page?: string | null;
+            /**
+             * Request
+             * @default null
+             */
+            request?: {
+                [key: string]: unknown;
+            } | null;
+            /** Results */
+            results?: components["schemas"]["RunResult"][];
+            /** Runs */
+            runs: number;
+            /**
+             * Seed
+             * @default null
+             */
+            seed?: number | null;
+            /**
+             * Sheet
+             * @default null
+             */
+            sheet?: string | null;
+            /**
+             * State
+             * @default running
+             * @enum {string}
+             */
+            state?: "running" | "done";
+            /** Total */
+            total: number;
+            /**
+             * Workflow
+             * @default null
+             */
+            workflow?: string | null;
+        };
+        /**
          * RerollParams
          * @description JSON-RPC `reroll`: the version's name (`image`, chXX_pNNN_vN).
          */
@@ -1960,6 +2330,48 @@ export interface components {
              * @default 512
              */
             width?: number;
+        };
+        /**
+         * RunResult
+         * @description One run, compared with the reference (the page; in a consistency check, run 1).
+         */
+        RunResult: {
+            /**
+             * Identical
+             * @default null
+             */
+            identical?: boolean | null;
+            /**
+             * Image
+             * @default null
+             */
+            image?: string | null;
+            /** Job */
+            job: string;
+            /**
+             * Maxdiff
+             * @default null
+             */
+            maxDiff?: number | null;
+            /**
+             * Note
+             * @default null
+             */
+            note?: string | null;
+            /** Run */
+            run: number;
+            /**
+             * Samplersteps
+             * @default null
+             */
+            samplerSteps?: number | null;
+            /**
+             * Ssim
+             * @default null
+             */
+            ssim?: number | null;
+            /** Status */
+            status: string;
         };
         /** SampleFailure */
         SampleFailure: {
@@ -2763,6 +3175,78 @@ export interface operations {
             500: components["responses"]["Error500"];
         };
     };
+    startConsistency: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "chapter": 1,
+                 *       "loraId": "spyke_plasma_v1.safetensors",
+                 *       "negativePrompt": "blurry",
+                 *       "page": 1,
+                 *       "prompt": "spyke_plasma_v1, full body, rooftop",
+                 *       "resolution": {
+                 *         "height": 768,
+                 *         "width": 512
+                 *       },
+                 *       "seed": 42,
+                 *       "steps": 20
+                 *     }
+                 */
+                "application/json": components["schemas"]["ConsistencyRequest"];
+            };
+        };
+        responses: {
+            /** @description Accepted: queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReproductionView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            409: components["responses"]["Error409"];
+            413: components["responses"]["Error413"];
+            415: components["responses"]["Error415"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
+    getConsistency: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReproductionView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
+        };
+    };
     datasetReg: {
         parameters: {
             query?: never;
@@ -2946,6 +3430,40 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["LogEntry"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            409: components["responses"]["Error409"];
+            413: components["responses"]["Error413"];
+            415: components["responses"]["Error415"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
+        };
+    };
+    reproduceImage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ReproduceBody"];
+            };
+        };
+        responses: {
+            /** @description Accepted: queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReproductionView"];
                 };
             };
             400: components["responses"]["Error400"];
@@ -3892,6 +4410,32 @@ export interface operations {
             415: components["responses"]["Error415"];
             500: components["responses"]["Error500"];
             503: components["responses"]["Error503"];
+        };
+    };
+    getReproduction: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReproductionView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            500: components["responses"]["Error500"];
         };
     };
 }
