@@ -199,7 +199,8 @@ def test_pages_view_approve_reroll_vary(board: Any, daemon: DaemonProcess, tmp_p
     # Reproduce queues the stored workflow again (plasmad.reproduce); the board says where it went.
     v1.get_by_role("button", name="Reproduce").click()
     page.wait_for_function(
-        "() => /Reproduction of ch01_p001_v1 queued as r_/.test(document.getElementById('announce').textContent)"
+        "() => /Reproduction of ch01_p001_v1 queued as r_/"
+        ".test(document.getElementById('announce').textContent)"
     )
     workflow = v1.get_by_role("link", name="Workflow JSON")
     expect(workflow).to_have_attribute("href", "/images/ch01_p001_v1/workflow")
