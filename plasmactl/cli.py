@@ -111,6 +111,7 @@ for command in (
     job_cmds.wait,
     job_cmds.jobs,
     job_cmds.cancel,
+    job_cmds.retry,
     job_cmds.approve,
     # operating plasmad
     operations_cmds.health,

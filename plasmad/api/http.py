@@ -125,6 +125,10 @@ async def cancel_job(request: web.Request) -> web.Response:
     return web.json_response(await _svc(request).cancel_job(request.match_info["id"]))
 
 
+async def retry_job(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).retry_job(request.match_info["id"]), status=202)
+
+
 async def approve_image(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
@@ -221,6 +225,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/jobs/{id}", get_job),
         web.get("/jobs/{id}/workflow", get_job_workflow),
         web.post("/jobs/{id}/cancel", cancel_job),
+        web.post("/jobs/{id}/retry", retry_job),  # issue 10
         web.post("/images/{name}/approve", approve_image),
         web.post("/datasets/reg", dataset_reg),
         web.post("/loras/train", train_lora),

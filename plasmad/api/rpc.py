@@ -50,6 +50,7 @@ def build_methods(
         "status": lambda s, p: s.get_job(p.get("id"), p.get("wait"), p.get("step")),
         "jobs": lambda s, p: s.list_jobs(p),
         "cancel": lambda s, p: s.cancel_job(p.get("id")),
+        "retry": lambda s, p: s.retry_job(p.get("id")),  # issue 10
         "workflow": lambda s, p: s.job_workflow(p.get("id")),
         "approve": lambda s, p: s.approve(p),
         "dataset_reg": lambda s, p: s.datasets.reg(p),

@@ -147,6 +147,19 @@ class JobStore:
         rows = await self._q(f"UPDATE jobs SET {sets} WHERE id = ? AND status = ? RETURNING id", *args)
         return bool(rows)
 
+    async def requeue(self, job_id: str, states: frozenset[JobStatus]) -> bool:
+        """Put a job that ended in one of `states` back in the queue as it was queued: its id, seq,
+        request and state kept; its error, times, progress and attempt count cleared."""
+        marks = ", ".join("?" * len(states))
+        rows = await self._q(
+            "UPDATE jobs SET status = ?, error = NULL, started_at = NULL, finished_at = NULL,"
+            f" step = NULL, total = NULL, attempts = 0 WHERE id = ? AND status IN ({marks}) RETURNING id",
+            JobStatus.QUEUED.value,
+            job_id,
+            *(s.value for s in states),
+        )
+        return bool(rows)
+
     async def recent(
         self, status: JobStatus | None = None, kind: JobKind | None = None, limit: int = 50
     ) -> list[Job]:

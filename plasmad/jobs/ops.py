@@ -1,4 +1,5 @@
-"""Operations on any job, whatever its kind: look at it (now, or once it ends), list, cancel."""
+"""Operations on any job, whatever its kind: look at it (now, or once it ends), list, cancel,
+retry a failed generation."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 from typing import Any
 
 from plasmad.context import Core
-from plasmad.core.errors import invalid
-from plasmad.core.states import FINISHED_STATES, JobStatus
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid
+from plasmad.core.states import FINISHED_STATES, JobKind, JobStatus
 from plasmad.core.store import Job
 from plasmad.core.wire import JobView, ListJobsParams, Progress, dump, parse
 
@@ -97,6 +98,18 @@ class JobOps:
     async def cancel(self, job_id: Any) -> dict[str, Any]:
         job = await self._stored(job_id)
         return await self.view(await self._core.queue.cancel(job))
+
+    async def retry(self, job_id: Any) -> dict[str, Any]:
+        """Run a failed or cancelled generation again as the same job (see JobQueue.retry)."""
+        self._core.check_accepting()
+        job = await self._stored(job_id)
+        if job.kind != JobKind.GENERATE:
+            raise PlasmaError(
+                ErrorCode.CONFLICT,
+                f"{job.id} is a {job.kind.value} job: a training is not retried but started again "
+                "(plasmactl train; its checkpoints so far are kept)",
+            )
+        return await self.view(await self._core.queue.retry(job))
 
     async def workflow(self, job_id: Any) -> dict[str, Any]:
         job = await self._stored(job_id)
