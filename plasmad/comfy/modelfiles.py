@@ -129,12 +129,15 @@ def resolve_in(folder: Path, name: str, field: str) -> Path:
     """`name` as a file inside `folder`; no absolute paths, `..` or symlinks leading out of it."""
     if not name or name.startswith(("/", "\\")) or "\x00" in name or ".." in Path(name).parts:
         raise invalid(field, f"{name!r} must be a file name inside {folder.name}/")
-    root = folder.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        raise invalid(field, f"{name!r} leads outside {folder.name}/")
-    if not path.is_file():
-        raise invalid(field, f"{name!r} is not in {folder}")
+    try:
+        root = folder.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise invalid(field, f"{name!r} leads outside {folder.name}/")
+        if not path.is_file():
+            raise invalid(field, f"{name!r} is not in {folder}")
+    except (OSError, ValueError) as exc:  # a name too long for the filesystem, say
+        raise invalid(field, f"{name[:60]!r} cannot be looked up in {folder}: {exc}") from None
     return path
 
 

@@ -17,7 +17,7 @@ from plasmad.core.errors import invalid, not_found
 from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job
-from plasmad.core.wire import ApproveParams, GenerateRequest, parse
+from plasmad.core.wire import MAX_CHAPTER, MAX_PAGE, ApproveParams, GenerateRequest, parse
 from plasmad.generation import controlnet, pipeline_files
 from plasmad.generation.validation import GenerationPlan, validate_generate
 
@@ -43,10 +43,10 @@ class GenerationOps:
         self._core.check_accepting()
         if not isinstance(body, dict):
             raise invalid("body", "must be a JSON object")
-        for name in ("chapter", "page"):
+        for name, most in (("chapter", MAX_CHAPTER), ("page", MAX_PAGE)):
             value = body.get(name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise invalid(name, "a positive number is required")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise invalid(name, f"a whole number in 1-{most} is required")
         pipeline = self._core.cfg.require_pipeline_dir()
         path = pipeline_files.prompt_file(pipeline, body["chapter"], body["page"])
         if not await asyncio.to_thread(path.is_file):
