@@ -99,11 +99,11 @@ class Core:
             raise not_found(f"{'training' if kind == JobKind.TRAIN else 'job'} {job_id}")
         return job
 
-    async def waiting_for(self, job: Job) -> str:
-        """Why a queued job has not started: what holds the GPU, and how many jobs are ahead."""
-        ahead = sum(
-            1 for j in await self.store.recent(status=JobStatus.QUEUED, limit=1000) if j.seq < job.seq
-        )
+    async def waiting_for(self, job: Job, ahead: int | None = None) -> str:
+        """Why a queued job has not started: what holds the GPU, and how many jobs are ahead
+        (counted by one indexed query, unless the caller, listing many, knows it already)."""
+        if ahead is None:
+            ahead = await self.store.queued_ahead(job.seq)
         holder = self.gpu.holder
         parts = [f"the GPU, held by {holder}" if holder else "the worker"]
         if ahead:
