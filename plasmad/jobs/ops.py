@@ -125,7 +125,7 @@ class JobOps:
             raise PlasmaError(
                 ErrorCode.CONFLICT,
                 f"{job.id} is a {job.kind.value} job: a training is not retried but started again "
-                "(plasmactl train; its checkpoints so far are kept)",
+                "(plasmactl train)",
             )
         return await self.view(await self._core.queue.retry(job))
 
