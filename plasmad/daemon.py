@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -118,6 +119,10 @@ class Daemon:
                 await asyncio.to_thread(replace_atomic, runtime_file, json.dumps(self._runtime()).encode())
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self.request_stop)
+                # Everything built so far (modules, the app, settings) lives as long as the daemon:
+                # out of the collector's sight, a full collection scans only what came after, ~35
+                # ms less of a pause that would stall every request meanwhile (issue 10).
+                gc.freeze()
                 log.info(
                     "plasmad %s ready: http://%s:%d, socket %s, ComfyUI %s",
                     __version__, cfg.http_host, self.http_port, cfg.socket_path, cfg.comfyui_url,

@@ -17,8 +17,9 @@ from plasmad.core.wire import JobView, ListJobsParams, Progress, check_id, dump,
 # written beside the image and served by `workflow`).
 _PRIVATE_RESULT_KEYS = ("graph", "logExtra")
 MAX_WAIT_S = 60.0  #: longest long poll (GET /jobs/:id?wait=): below common HTTP client timeouts
-#: Views built in one go before a long list yields to the event loop (about a millisecond's work).
-VIEWS_PER_TURN = 50
+#: Views built in one go before a long list yields to the event loop: ~0.2 ms of work. Measured
+#: (scripts/bench_queue.py): slices of 50 let a GET wait ~14 ms at p99 behind lists of 500, of 10 ~4.
+VIEWS_PER_TURN = 10
 
 
 def _step_param(value: Any) -> int | None:
