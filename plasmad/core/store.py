@@ -7,9 +7,10 @@ that runs one job at a time.
 
 Views read differently (issue 10: a chapter-sized queue costs what a small one does). A job's
 view never needs its graph, so view reads leave it in SQLite (`json_remove`), and the reads a
-client polls (one job by id; how many queued jobs are ahead of one: both an indexed lookup of
-10-20 µs) run on a read-only connection of their own, directly: in WAL mode a reader never waits
-for the writer, and the hop to a thread (~110 µs) would cost more than the query.
+client polls (one job by id, an indexed lookup of 10-50 µs; the queued seqs that tell how many
+jobs are ahead of it, read once per commit) run on a read-only connection of their own, directly:
+in WAL mode a reader never waits for the writer, and the hop to a thread (~110 µs) would cost
+more than the query.
 """
 
 from __future__ import annotations
