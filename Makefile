@@ -5,7 +5,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup comfyui demo serve test lint bench clean-demo ts-client ts-types
+.PHONY: setup comfyui demo serve test lint bench bench-queue clean-demo ts-client ts-types
 
 setup: $(VENV)/.installed
 
@@ -52,3 +52,8 @@ ts-types: setup ts-client
 
 bench: setup comfyui
 	$(BIN)/python scripts/bench_overhead.py
+
+# A chapter-sized queue costs what a small one does: lists linear in N, a job's GET flat, p99 of
+# GETs while long lists are served (issue 10). No ComfyUI needed.
+bench-queue: setup
+	$(BIN)/python scripts/bench_queue.py

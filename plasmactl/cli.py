@@ -119,6 +119,7 @@ for command in (
     job_cmds.wait,
     job_cmds.jobs,
     job_cmds.cancel,
+    job_cmds.retry,
     job_cmds.approve,
     # reproducing a page, same-seed consistency (issue 12)
     reproduce_cmds.reproduce,

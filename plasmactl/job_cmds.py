@@ -1,5 +1,5 @@
-"""`plasmactl submit`, `generate`, `status`, `wait`, `jobs`, `cancel`, `approve`: generations and
-the jobs of the queue."""
+"""`plasmactl submit`, `generate`, `status`, `wait`, `jobs`, `cancel`, `retry`, `approve`:
+generations and the jobs of the queue."""
 
 from __future__ import annotations
 
@@ -207,6 +207,23 @@ def cancel(ctl: Ctl, job_id: str) -> None:
     """Cancel a queued or running job."""
     job = ctl.call("cancel", id=job_id)
     ctl.show(job, f"{job['id']} {job['status']}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--wait", "wait_for_it", is_flag=True, help="Wait for the job and print the image path.")
+@json_option
+@pass_ctl
+def retry(ctl: Ctl, job_id: str, wait_for_it: bool) -> None:
+    """Run a failed (or cancelled) generation again, as the same job.
+
+    Same id, same page version; a render ComfyUI still has is collected rather than run again.
+    For after a fault is fixed: a full disk freed, a read-only folder made writable."""
+    job = ctl.call("retry", id=job_id)
+    if wait_for_it:
+        finish(ctl, job["id"])
+    else:
+        ctl.show(job, f"{job['id']} {job['status']}")
 
 
 @click.command()

@@ -47,6 +47,9 @@ _BY_CODE = {
     ErrorCode.COMFYUI_REJECTED: Exit.JOB_FAILED,
     ErrorCode.TRAINING_FAILED: Exit.JOB_FAILED,
     ErrorCode.OUT_OF_MEMORY: Exit.JOB_FAILED,
+    ErrorCode.PAYLOAD_TOO_LARGE: Exit.USAGE,
+    ErrorCode.BAD_IMAGE: Exit.JOB_FAILED,
+    ErrorCode.STORAGE: Exit.UNAVAILABLE,
 }
 
 #: How a list in an error's `details` is introduced; other lists go under their own key.

@@ -20,7 +20,7 @@ from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.process import ManagedComfyUI
 from plasmad.comfy.templates import TemplateSet
 from plasmad.core.config import Config
-from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
+from plasmad.core.errors import ErrorCode, PlasmaError, not_found
 from plasmad.core.events import EventBus
 from plasmad.core.filehash import FileHasher
 from plasmad.core.gpu_lock import GpuLock
@@ -28,7 +28,7 @@ from plasmad.core.job_queue import JobQueue
 from plasmad.core.jobs import Destination
 from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job, JobStore
-from plasmad.core.wire import GenerateRequest
+from plasmad.core.wire import GenerateRequest, check_id
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,18 @@ class Core:
     async def job(self, job_id: object, kind: JobKind | None = None) -> Job:
         """A stored job by id (404 if there is none of that kind). The running job is the queue's
         live object, whose progress and state are newer than its row."""
-        if not isinstance(job_id, str) or not job_id:
-            raise invalid("id", "must be a job id")
+        job_id = check_id(job_id)
         current = self.queue.current
         job = current if current is not None and current.id == job_id else await self.store.get(job_id)
         if job is None or (kind is not None and job.kind != kind):
             raise not_found(f"{'training' if kind == JobKind.TRAIN else 'job'} {job_id}")
         return job
 
-    async def waiting_for(self, job: Job) -> str:
-        """Why a queued job has not started: what holds the GPU, and how many jobs are ahead."""
-        ahead = sum(
-            1 for j in await self.store.recent(status=JobStatus.QUEUED, limit=1000) if j.seq < job.seq
-        )
+    async def waiting_for(self, job: Job, ahead: int | None = None) -> str:
+        """Why a queued job has not started: what holds the GPU, and how many jobs are ahead
+        (counted by one indexed query, unless the caller, listing many, knows it already)."""
+        if ahead is None:
+            ahead = await self.store.queued_ahead(job.seq)
         holder = self.gpu.holder
         parts = [f"the GPU, held by {holder}" if holder else "the worker"]
         if ahead:

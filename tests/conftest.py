@@ -52,6 +52,12 @@ def comfyui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     port = free_port()
     out = tmp_path_factory.mktemp("comfy-output")
     log = out.parent / "comfyui.log"
+    # LoRAs a test builds (one that misses the checkpoint's keys, one with NaN weights) go here,
+    # where this ComfyUI finds them, never into the demo's own models folder.
+    extra = tmp_path_factory.mktemp("comfy-extra-models")
+    (extra / "loras").mkdir()
+    paths = f"plasma_tests:\n    base_path: {extra}\n    loras: loras\n"
+    (extra / "extra_model_paths.yaml").write_text(paths)
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [
@@ -66,6 +72,8 @@ def comfyui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
                 "--fp32-vae",
                 "--output-directory",
                 str(out),
+                "--extra-model-paths-config",
+                str(extra / "extra_model_paths.yaml"),
                 "--disable-auto-launch",
             ],
             cwd=COMFY_DIR,
@@ -75,7 +83,10 @@ def comfyui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
         )
     try:
         wait_http(f"http://127.0.0.1:{port}/system_stats", 120, proc)
-        yield ComfyServer(url=f"http://127.0.0.1:{port}", dir=COMFY_DIR, output_dir=out, log=log)
+        yield ComfyServer(
+            url=f"http://127.0.0.1:{port}", dir=COMFY_DIR, output_dir=out, log=log,
+            extra_loras=extra / "loras", pid=proc.pid,
+        )  # fmt: skip
     finally:
         stop_process(proc)
 

@@ -28,11 +28,14 @@ BIG_BYTES = 1024**3
 
 
 def png_of(size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (200, 30, 40)) -> bytes:
-    """A PNG with a `prompt` text chunk, as ComfyUI's SaveImage writes them."""
+    """A PNG with a `prompt` text chunk, as ComfyUI's SaveImage writes them: a picture, not one
+    colour (a one-colour image is refused as the NaN case)."""
     buffer = io.BytesIO()
     meta = PngInfo()
     meta.add_text("prompt", json.dumps({"3": {"class_type": "KSampler"}}))
-    Image.new("RGB", size, colour).save(buffer, format="PNG", pnginfo=meta)
+    image = Image.new("RGB", size, colour)
+    image.paste((255 - colour[0], 255 - colour[1], 255 - colour[2]), (0, 0, size[0] // 2, size[1] // 2))
+    image.save(buffer, format="PNG", pnginfo=meta)
     return buffer.getvalue()
 
 

@@ -161,9 +161,11 @@ async def test_image_thumbnail_and_workflow_of_a_version(api: Api) -> None:
     ["ch1_p1_v1", "ch01_p001_v1.workflow.json", "..%2F..%2Fetc%2Fpasswd", "ch01_p001_v1%00", "ch01_p001"],
 )
 async def test_a_version_is_named_and_never_a_path(api: Api, name: str) -> None:
+    # A NUL byte is refused by the API's guard before any operation, naming the path's part.
+    field = "name" if "%00" in name else "image"
     for path in (f"/images/{name}", f"/images/{name}/thumbnail", f"/images/{name}/workflow"):
-        await expect_error(await api.client.get(path), 400, "image")
-    await expect_error(await api.post(f"/images/{name}/reroll"), 400, "image")
+        await expect_error(await api.client.get(path), 400, field)
+    await expect_error(await api.post(f"/images/{name}/reroll"), 400, field)
 
 
 async def test_a_missing_version_is_a_404(api: Api) -> None:

@@ -76,7 +76,7 @@ class Route:
         if self.query is not None:
             statuses |= {400}
         if self.path_params:
-            statuses |= {404}
+            statuses |= {400, 404}  # a malformed id or name (the guard's checks); none of that name
         return sorted(statuses)
 
 

@@ -25,6 +25,7 @@ from plasmad.api.service import Service
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.events import Event
 from plasmad.core.wire import (
+    MAX_BODY_BYTES,
     ApproveBody,
     BenchRequest,
     BenchResultsParams,
@@ -50,6 +51,7 @@ from plasmad.core.wire import (
     TrainRequest,
     TrainSamplesRequest,
     VaryRequest,
+    check_text,
 )
 from plasmad.core.wire_views import (
     BenchRecord,
@@ -99,6 +101,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         code = ErrorCode.NOT_FOUND if exc.status in (404, 405) else ErrorCode.INVALID_INPUT
+        if exc.status == 413:
+            code = ErrorCode.PAYLOAD_TOO_LARGE
         msg = f"{request.method} {request.path}: {exc.reason}"
         # A 405 keeps its Allow header: it tells a client which methods the path has.
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -126,18 +130,43 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 ErrorCode.UNSUPPORTED_MEDIA,
                 f"the body must be application/json, not {request.content_type or 'untyped'}",
             )
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            raise _too_large(request.content_length)
+    # Odd text in the URL is refused here, for every route (issue 10); the body's in _body.
+    for name, value in request.match_info.items():
+        check_text(value, name)
+    for name, value in request.query.items():
+        check_text(name, name)
+        check_text(value, name)
     return await handler(request)
+
+
+def _too_large(size: int | None) -> PlasmaError:
+    said = f"{size} bytes" if size else "over the limit"
+    return PlasmaError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        f"the request body is {said}; plasmad takes at most {MAX_BODY_BYTES} bytes",
+        details={"limit": MAX_BODY_BYTES},
+    )
 
 
 async def _body(request: web.Request) -> Any:
     if not request.body_exists:
         return {}
     try:
-        return await request.json()
+        body = await request.json()
     except (ValueError, RecursionError):
         # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer past Python's digit
         # limit; RecursionError a body nested deeper than the decoder goes. All are bad input.
         raise invalid("body", "is not valid JSON") from None
+    except web.HTTPRequestEntityTooLarge:  # a chunked body, no Content-Length to refuse it by
+        raise _too_large(None) from None
+    except ConnectionResetError:
+        # The client hung up mid-body: nobody to answer, nothing wrong here; no traceback.
+        log.debug("%s %s: the client went away before its body arrived", request.method, request.path)
+        raise invalid("body", "was cut short: the client went away") from None
+    check_text(body)
+    return body
 
 
 def _svc(request: web.Request) -> Service:
@@ -156,9 +185,30 @@ async def submit_page(request: web.Request) -> web.Response:
     return web.json_response(await _svc(request).submit_page(await _body(request)), status=202)
 
 
-async def list_jobs(request: web.Request) -> web.Response:
+async def list_jobs(request: web.Request) -> web.StreamResponse:
     params: dict[str, Any] = dict(request.query)
-    return web.json_response(await _svc(request).list_jobs(params))
+    return await _json_list(request, await _svc(request).list_jobs(params))
+
+
+async def _json_list(request: web.Request, items: list[Any], per_turn: int = 10) -> web.StreamResponse:
+    """A JSON array encoded and sent a slice at a time, yielding to the event loop between
+    slices: 500 jobs are ~400 KB of JSON, whose encoding and whose one write to the socket would
+    each hold up for milliseconds every request that polls one job meanwhile (issue 10). Ten a
+    slice, as plasmad.jobs.ops.VIEWS_PER_TURN says why."""
+    parts = []
+    for start in range(0, len(items), per_turn):
+        if start:
+            await asyncio.sleep(0)
+        parts.append(json.dumps(items[start : start + per_turn])[1:-1].encode())
+    pieces = [b"[", *(b", " + p if i else p for i, p in enumerate(parts)), b"]"]
+    resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    resp.content_length = sum(len(p) for p in pieces)
+    await resp.prepare(request)
+    for piece in pieces:
+        await resp.write(piece)
+        await asyncio.sleep(0)
+    await resp.write_eof()
+    return resp
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -174,6 +224,10 @@ async def get_job_workflow(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     return web.json_response(await _svc(request).cancel_job(request.match_info["id"]))
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    return web.json_response(await _svc(request).retry_job(request.match_info["id"]), status=202)
 
 
 async def approve_image(request: web.Request) -> web.Response:
@@ -379,6 +433,8 @@ def routes() -> list[Route]:
           rpc="workflow"),
         R("POST", "/jobs/{id}/cancel", cancel_job, JobView, "Cancel a queued or running job", errors=(409,),
           rpc="cancel"),
+        R("POST", "/jobs/{id}/retry", retry_job, JobView, "Run a failed or cancelled generation again",
+          status=202, errors=(409, 503), rpc="retry"),
         R("POST", "/images/{name}/approve", approve_image, LogEntry, "Approve a page (its log entry)",
           body=ApproveBody, errors=(409, 503), rpc="approve"),
         R("POST", "/datasets/reg", dataset_reg, RegView, "Queue a dataset's regularisation images",
@@ -452,7 +508,7 @@ def routes() -> list[Route]:
 def create_app(service: Service | None = None, extra_routes: list[Route] | None = None) -> web.Application:
     """The HTTP app. Without `service`, whoever starts the app sets `app[SERVICE]` before it serves
     (the daemon does, in one of its cleanup contexts)."""
-    app = web.Application(middlewares=[errors, guard], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[errors, guard], client_max_size=MAX_BODY_BYTES)
     if service is not None:
         app[SERVICE] = service
     table = routes() + (extra_routes or [])

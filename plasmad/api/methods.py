@@ -63,6 +63,7 @@ def methods() -> list[RpcMethod]:
           "A job; with `wait`, a long poll", StatusParams),
         M("jobs", lambda s, p: s.list_jobs(p), JobList, "Recent jobs", ListJobsParams),
         M("cancel", lambda s, p: s.cancel_job(p.get("id")), JobView, "Cancel a job", IdParams),
+        M("retry", lambda s, p: s.retry_job(p.get("id")), JobView, "Run a failed job again", IdParams),
         M("workflow", lambda s, p: s.job_workflow(p.get("id")), Workflow, "A job's graph", IdParams),
         M("approve", lambda s, p: s.approve(p), LogEntry, "Approve a page", ApproveParams),
         M("dataset_reg", lambda s, p: s.datasets.reg(p), RegView, "Queue a reg set", DatasetRegRequest),

@@ -8,6 +8,7 @@ stable code the HTTP body carries, with the same dict in `data`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -21,16 +22,19 @@ from plasmad.api.contract import RpcCall
 from plasmad.api.methods import methods
 from plasmad.api.service import Service
 from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.core.wire import MAX_BODY_BYTES, check_text
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 16 * 1024 * 1024
+MAX_LINE = MAX_BODY_BYTES + 1  #: a request and its newline; past it, PAYLOAD_TOO_LARGE (issue 10)
+DROP_AT_MOST = 256 * 1024 * 1024  #: of one oversized line; a client sending more is cut off
 Method = Callable[..., Awaitable[Result]]
 
 
 def _adapt(fn: RpcCall) -> Method:
     async def method(service: Service, **params: Any) -> Result:
         try:
+            check_text(params)  # NUL bytes and lone surrogates: refused before any operation
             return Success(await fn(service, params))
         except PlasmaError as err:
             return Error(int(err.code), err.message, err.to_dict())
@@ -54,17 +58,57 @@ async def _serve_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: Service, methods: dict[str, Method]
 ) -> None:
     try:
-        while line := await reader.readline():
-            if not line.strip():
+        while (line := await _read_request(reader)) is not None:
+            if line is _TOO_LARGE:
+                response = _too_large_response()
+            elif not line.strip():
                 continue
-            response = await async_dispatch(line.decode("utf-8", "replace"), methods=methods, context=service)
+            else:
+                text = line.decode("utf-8", "replace")
+                response = await async_dispatch(text, methods=methods, context=service)
             if response:
                 writer.write(response.encode() + b"\n")
                 await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-        pass  # the client went away, or sent a line over MAX_LINE
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        log.debug("a socket client went away: %s", exc or type(exc).__name__)
     finally:
         writer.close()
+
+
+_TOO_LARGE = b"(a line over MAX_LINE)"  #: what _read_request gives for a request too large to read
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """The next request line; None at the end; _TOO_LARGE for a line over MAX_LINE, which is read
+    to its end and dropped (so the connection goes on with the next request)."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:  # the end: a last line without its newline, or none
+        return exc.partial or None
+    except asyncio.LimitOverrunError as exc:
+        overrun = exc
+    dropped = 0
+    while True:  # what is buffered of the long line goes, then the rest of it as it comes
+        dropped += overrun.consumed
+        if dropped > DROP_AT_MOST:
+            raise ConnectionResetError(f"a request line of over {DROP_AT_MOST} bytes: connection ended")
+        await reader.readexactly(overrun.consumed)
+        try:
+            await reader.readuntil(b"\n")
+            return _TOO_LARGE
+        except asyncio.LimitOverrunError as exc:
+            overrun = exc
+
+
+def _too_large_response() -> str:
+    """The error HTTP gives as a 413, as JSON-RPC (the request's id is unknown: null)."""
+    err = PlasmaError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        f"the request is over {MAX_BODY_BYTES} bytes; plasmad takes at most that",
+        details={"limit": MAX_BODY_BYTES},
+    )
+    error = {"code": int(err.code), "message": err.message, "data": err.to_dict()}
+    return json.dumps({"jsonrpc": "2.0", "error": error, "id": None})
 
 
 def bind_socket(path: Path) -> socket.socket:

@@ -64,6 +64,10 @@ class Service:
     async def cancel_job(self, job_id: Any) -> dict[str, Any]:
         return await self.jobs.cancel(job_id)
 
+    async def retry_job(self, job_id: Any) -> dict[str, Any]:
+        """A failed or cancelled generation, queued again as the same job (issue 10)."""
+        return await self.jobs.retry(job_id)
+
     async def job_workflow(self, job_id: Any) -> dict[str, Any]:
         return await self.jobs.workflow(job_id)
 

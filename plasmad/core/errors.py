@@ -7,6 +7,8 @@ read the same code, so the two APIs can never disagree.
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
 from typing import Any
 
@@ -26,6 +28,10 @@ class ErrorCode(IntEnum):
     OUT_OF_MEMORY = 1041  #: the trainer or ComfyUI ran out of memory
     SHUTTING_DOWN = 1050  #: the daemon is stopping and takes no new work
     INTERNAL = 1099  #: a bug; the daemon's log has the traceback
+    # --- unattended runs (issue 10): what a night's queue meets -------------------------------
+    PAYLOAD_TOO_LARGE = 1013  #: a request body (HTTP) or line (JSON-RPC) over MAX_BODY_BYTES
+    BAD_IMAGE = 1032  #: ComfyUI "succeeded" but the image is unusable (all one colour: NaN); kept aside
+    STORAGE = 1060  #: a file could not be written: disk full, read-only, no permission; `field`-less
 
     @property
     def http_status(self) -> int:
@@ -49,6 +55,9 @@ _HTTP_STATUS = {
     ErrorCode.OUT_OF_MEMORY: 500,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.BAD_IMAGE: 502,
+    ErrorCode.STORAGE: 507,
 }
 
 
@@ -98,3 +107,35 @@ def not_found(what: str) -> PlasmaError:
 
 def not_configured(setting: str, why: str) -> PlasmaError:
     return PlasmaError(ErrorCode.NOT_CONFIGURED, f"{setting} is not set: {why}", field=setting)
+
+
+# --- storage: the OS's errors a person can act on, said so (issue 10) --------------------------------
+
+#: errno -> (what happened, what to do). Anything else stays an OSError: a bug or a stranger fault.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: ("the disk is full", "free some space there"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space there or raise the quota"),
+    errno.EROFS: ("it is on a read-only filesystem", "remount it read-write or choose another folder"),
+    errno.EACCES: ("plasmad may not write there", "fix the folder's permissions"),
+    errno.EPERM: ("plasmad may not write there", "fix the folder's permissions"),
+}
+
+
+def storage_error(exc: OSError, folder: os.PathLike[str] | str, then: str = "") -> PlasmaError | None:
+    """A STORAGE error naming the folder and what to do, if `exc` is one a person can fix; else None.
+
+    `folder` is where the write went (the failing file's own folder is used when the error names
+    one); `then` is how to carry on once it is fixed (`plasmactl retry j_...`)."""
+    known = _STORAGE_ERRNOS.get(exc.errno or 0)
+    if known is None:
+        return None
+    where = os.fspath(folder)
+    if exc.filename:
+        where = os.path.dirname(os.fspath(exc.filename)) or where
+    what, todo = known
+    message = f"cannot write to {where}: {what} ({errno.errorcode[exc.errno or 0]}); {todo}"
+    return PlasmaError(
+        ErrorCode.STORAGE,
+        message + (f", then {then}" if then else ""),
+        details={"folder": where, "errno": errno.errorcode[exc.errno or 0]},
+    )

@@ -154,6 +154,33 @@ class JobQueue:
             return await self._reload(job.id)
         raise PlasmaError(ErrorCode.CONFLICT, f"job {job.id} is {job.status.value}; nothing to cancel")
 
+    # --- retry (issue 10): a failed job run again as the same job ---------------------------------------
+
+    RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+    async def retry(self, job: Job) -> Job:
+        """Queue a failed or cancelled job again, as itself: same id, same place in the queue (its
+        seq: it runs next), same stored state (a page keeps its reserved name, a prompt its id, so
+        one ComfyUI still has is collected, not run again). Its attempts start from 0 again."""
+        if not await self._store.requeue(job.id, self.RETRYABLE):
+            fresh = await self._reload(job.id)
+            raise PlasmaError(
+                ErrorCode.CONFLICT,
+                f"job {job.id} is {fresh.status.value}; only a failed or cancelled job can be retried",
+            )
+        log.info(
+            "job %s queued again by request (it had %s: %s)",
+            job.id,
+            job.status.value,
+            (job.error or {}).get("message", "no reason recorded"),
+            extra={"job_id": job.id},
+        )
+        self.events.publish("job.queued", job=job.id, kind=job.kind.value, retry=True)
+        self.moves += 1  # the jobs behind it have one more ahead now
+        self._announce_change()
+        self._wake.set()
+        return await self._reload(job.id)
+
     async def _reload(self, job_id: str) -> Job:
         job = await self._store.get(job_id)
         assert job is not None

@@ -7,7 +7,8 @@ requirements' own spelling (loraId, negativePrompt); Python code uses snake_case
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from pathlib import PurePosixPath
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -15,6 +16,62 @@ from pydantic.alias_generators import to_camel
 from plasmad.core import limits
 from plasmad.core.errors import PlasmaError, invalid
 from plasmad.core.states import JobKind, JobStatus
+
+# --- bounds on what a request may carry (issue 10): found by fuzzing, each a 400 naming its field ----
+
+MAX_BODY_BYTES = 1024 * 1024  #: a request body (HTTP) or line (JSON-RPC); past it: 413 / PAYLOAD_TOO_LARGE
+MAX_NAME = 255  #: a file name in a models folder, a sampler: NAME_MAX
+MAX_PATH = 1024  #: an absolute path: PATH_MAX on macOS, the artist's system
+MAX_ID = 100  #: a job, training or benchmark id (ours are 14 characters)
+MAX_CHAPTER = 999
+MAX_PAGE = 999
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+PromptText = Annotated[str, Field(max_length=8000)]
+
+
+def check_text(value: Any, field: str = "body") -> None:
+    """Refuse a NUL byte or a lone surrogate anywhere in a request, keys included (a 400 naming the
+    field). Either breaks what the text meets later: file names, SQLite, ComfyUI's JSON. Both APIs
+    run this on everything they are sent, before any operation sees it."""
+    stack: list[tuple[str, Any]] = [(field, value)]
+    while stack:  # iterative: a body may nest as deep as the JSON decoder allows
+        where, item = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                label = str(key) or '""'  # an empty key still names a field
+                name = label if where == "body" else f"{where}.{label}"
+                _check_string(str(key), name)
+                stack.append((name, inner))
+        elif isinstance(item, list):
+            stack.extend((f"{where}.{i}", inner) for i, inner in enumerate(item))
+
+
+def _check_string(text: str, field: str) -> None:
+    if "\x00" in text:
+        raise invalid(field, "contains a NUL byte")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(field, "is not valid Unicode (it holds a lone surrogate)") from None
+
+
+def check_id(value: Any, field: str = "id") -> str:
+    """A job, training or benchmark id as sent (path, query or params): a short printable text."""
+    if not isinstance(value, str) or not value:
+        raise invalid(field, "must be an id")
+    if len(value) > MAX_ID or not (value.isascii() and value.isprintable()):
+        raise invalid(field, f"{value[:40]!r} is not an id")
+    return value
+
+
+def _not_the_root(value: str | None) -> str | None:
+    if value is not None and PurePosixPath(value) == PurePosixPath(value).parent:
+        raise ValueError("must be a folder of its own, not the filesystem root")
+    return value
 
 
 class WireModel(BaseModel):
@@ -58,16 +115,16 @@ class GenerateRequest(WireModel):
 
     prompt: str = Field(min_length=1, max_length=8000)
     negative_prompt: str = Field(default="", max_length=8000)
-    lora_id: str | None = None  #: a file in ComfyUI's models/loras, or None for the base model
+    lora_id: Name | None = None  #: a file in ComfyUI's models/loras, or None for the base model
     lora_strength: float = Field(
         default=limits.DEFAULT_LORA_STRENGTH, ge=-limits.MAX_LORA_STRENGTH, le=limits.MAX_LORA_STRENGTH
     )
-    checkpoint: str | None = None  #: default: PLASMA_CHECKPOINT
+    checkpoint: Name | None = None  #: default: PLASMA_CHECKPOINT
     seed: int | None = Field(default=None, ge=0, le=limits.MAX_SEED)  #: drawn and recorded when absent
     steps: int = Field(default=limits.DEFAULT_STEPS, ge=1, le=limits.MAX_STEPS)
     cfg: float = Field(default=limits.DEFAULT_CFG, ge=0.0, le=limits.MAX_CFG)
-    sampler: str = limits.DEFAULT_SAMPLER
-    scheduler: str = limits.DEFAULT_SCHEDULER
+    sampler: Name = limits.DEFAULT_SAMPLER
+    scheduler: Name = limits.DEFAULT_SCHEDULER
     resolution: Resolution = Resolution()
     # Not a real choice (GEN-03): accepted only so that a client sending it gets a clear 400.
     batch_size: int = Field(
@@ -75,17 +132,17 @@ class GenerateRequest(WireModel):
         validation_alias=AliasChoices("batch_size", "batchSize"),
         serialization_alias="batchSize",
     )
-    chapter: int | None = Field(default=None, ge=1, le=999)
-    page: int | None = Field(default=None, ge=1, le=999)
-    prompt_file: str | None = None  #: recorded in the generation log (plasmactl generate sets it)
+    chapter: int | None = Field(default=None, ge=1, le=MAX_CHAPTER)
+    page: int | None = Field(default=None, ge=1, le=MAX_PAGE)
+    prompt_file: PathText | None = None  #: recorded in the generation log (plasmactl generate sets it)
     # ControlNet OpenPose (CTRL-01..03): a pose image selects img2img-lora-controlnet.json.
-    pose_image_path: str | None = None
+    pose_image_path: PathText | None = None
     pose_is_skeleton: bool = True  #: False: run the OpenPose preprocessor on a reference panel
     controlnet_strength: float | None = None
     # The ControlNet model file (default PLASMA_CONTROLNET). A list is accepted only so that asking
     # for several gets a clear 400: one ControlNet at a time fits in 16 GB.
-    controlnet: list[str] | None = None
-    init_image_path: str | None = None
+    controlnet: list[Name] | None = None
+    init_image_path: PathText | None = None
     denoise: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @field_validator("controlnet", mode="before")
@@ -112,15 +169,17 @@ class PageRequest(GenerateRequest):
 class DatasetRegRequest(WireModel):
     """POST /datasets/reg, JSON-RPC `dataset_reg`: the regularisation set of a dataset (DATA-03)."""
 
-    dataset_dir: str = Field(min_length=1)  #: absolute; the images go to `<dataset>-reg/1_<class>/`
+    dataset_dir: PathText  #: absolute; the images go to `<dataset>-reg/1_<class>/`
     count: int = 150
-    class_name: str | None = None  #: default "character" (plasmad.dataset.REG_DEFAULT_CLASS)
+    class_name: Name | None = None  #: default "character" (plasmad.dataset.REG_DEFAULT_CLASS)
     seed: int | None = Field(default=None, ge=0, le=limits.MAX_SEED)  #: item i gets seed + i; default 1000
     width: int = limits.DATASET_IMAGE_SIZE
     height: int = limits.DATASET_IMAGE_SIZE
     steps: int = Field(default=limits.DEFAULT_STEPS, ge=1, le=limits.MAX_STEPS)
-    checkpoint: str | None = None  #: the base checkpoint; default PLASMA_CHECKPOINT (never a LoRA)
+    checkpoint: Name | None = None  #: the base checkpoint; default PLASMA_CHECKPOINT (never a LoRA)
     allow_small: bool = False  #: permit fewer than REG_MIN_IMAGES (tests, demos)
+
+    check_dataset_dir = field_validator("dataset_dir")(_not_the_root)
 
 
 class TrainRequest(WireModel):
@@ -132,7 +191,7 @@ class TrainRequest(WireModel):
         }
     )
 
-    dataset_dir: str = Field(min_length=1)
+    dataset_dir: PathText
     output_name: str = Field(min_length=1, max_length=100)
     steps: int = Field(default=limits.TRAIN_DEFAULT_STEPS, ge=1, le=limits.TRAIN_MAX_STEPS)
     resolution: int = Field(default=limits.TRAIN_MAX_RESOLUTION, ge=64)
@@ -141,19 +200,21 @@ class TrainRequest(WireModel):
         validation_alias=AliasChoices("batch_size", "batchSize"),
         serialization_alias="batchSize",
     )
-    save_every_steps: int = Field(default=limits.TRAIN_DEFAULT_SAVE_EVERY, ge=1)
-    reg_dataset_dir: str | None = None
+    save_every_steps: int = Field(default=limits.TRAIN_DEFAULT_SAVE_EVERY, ge=1, le=limits.TRAIN_MAX_STEPS)
+    reg_dataset_dir: PathText | None = None
     learning_rate: float = Field(default=limits.TRAIN_DEFAULT_LEARNING_RATE, gt=0, le=1)
     network_dim: int = Field(default=limits.TRAIN_DEFAULT_NETWORK_DIM, ge=1, le=256)
     network_alpha: float = Field(default=limits.TRAIN_DEFAULT_NETWORK_ALPHA, gt=0, le=256)
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
+
+    check_folders = field_validator("dataset_dir", "reg_dataset_dir")(_not_the_root)
 
 
 class TrainSamplesRequest(WireModel):
     """POST /loras/:id/samples, JSON-RPC `lora_samples` (LORA-02): the same prompts, with the same
     seeds, for every checkpoint of a training; one contact sheet."""
 
-    prompts: list[str] | None = Field(default=None, min_length=1, max_length=8)  #: default: three
+    prompts: list[PromptText] | None = Field(default=None, min_length=1, max_length=8)  #: default: three
     negative_prompt: str = Field(default="", max_length=8000)
     seed: int = Field(default=1234, ge=0, le=2**32 - 8)  #: prompt j is drawn with seed + j
     steps: int = Field(default=limits.DEFAULT_STEPS, ge=1, le=limits.MAX_STEPS)
@@ -167,7 +228,7 @@ class TrainSamplesRequest(WireModel):
 class PromoteRequest(WireModel):
     """POST /loras/:id/promote, JSON-RPC `lora_promote` (LORA-03)."""
 
-    step: int | None = Field(default=None, ge=1)  #: the checkpoint of this step; none: the final file
+    step: int | None = Field(default=None, ge=1, le=limits.TRAIN_MAX_STEPS)  #: none: the final file
     name: str | None = Field(default=None, min_length=1, max_length=100)  #: default: the outputName
 
 
@@ -404,13 +465,13 @@ class BenchRequest(WireModel):
 
     resolution: Resolution = Resolution(width=512, height=512)
     steps: int = Field(default=20, ge=1, le=limits.MAX_STEPS)
-    checkpoint: str | None = None  #: default: PLASMA_CHECKPOINT
+    checkpoint: Name | None = None  #: default: PLASMA_CHECKPOINT
 
 
 class BenchResultsParams(QueryParams):
     """GET /bench, JSON-RPC `bench_results`."""
 
-    id: str | None = None  #: one benchmark (b_...), or the recent ones
+    id: str | None = Field(default=None, max_length=MAX_ID)  #: one benchmark (b_...), or the recent ones
     limit: int = Field(default=10, ge=1, le=1000)
 
 
@@ -424,7 +485,8 @@ class JobLogParams(QueryParams):
 class LogsParams(JobLogParams):
     """GET /logs, JSON-RPC `logs`."""
 
-    job: str | None = None  #: a job or training id, `comfyui` (a managed ComfyUI), or none: the daemon's
+    #: A job or training id, `comfyui` (a managed ComfyUI), or none: the daemon's.
+    job: str | None = Field(default=None, max_length=MAX_ID)
 
 
 # --- the review board (issue 14): pages and their versions, images, variations, the loss log -------
@@ -570,6 +632,7 @@ def _to_plasma_error(exc: ValidationError) -> PlasmaError:
     first = problems[0]
     loc = ".".join(str(p) for p in first["loc"]) or "body"
     message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+    message = message.removeprefix("Value error, ")  # our own validators' words, as they are
     details = [{"field": ".".join(str(p) for p in p["loc"]), "message": p["msg"]} for p in problems]
     return invalid(loc, message, details if len(details) > 1 else None)
 

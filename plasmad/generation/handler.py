@@ -5,6 +5,11 @@ in the job's state, that file (a reg image); otherwise the state dir's `images/<
 with the workflow beside it. The job records the ComfyUI prompt_id before the graph is posted
 and the reserved page name before anything is written, so a restart finds a job's prompt in
 ComfyUI again and never writes a page twice.
+
+Before the prompt is sent, the folders are checked to take a file (and a page's generation log to
+read), so a storage fault costs no render; after it, an image that is all one colour (NaN) fails
+the job and is kept in <state>/rejected/ instead of being published. A disk that fills meanwhile
+is a STORAGE error naming the folder, with nothing half-written: `retry` runs the job again.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from plasmad.comfy.client import ImageRef
 from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError
-from plasmad.core.fsutil import create_new, same_content
+from plasmad.core.fsutil import check_writable, create_new, replace_atomic, same_content, storage_errors
 from plasmad.core.images import check_generated
 from plasmad.core.job_queue import RunContext
 from plasmad.core.jobs import Destination, GenerationState
@@ -46,6 +51,7 @@ class GenerationHandler:
         job = ctx.job
         state = GenerationState.model_validate(job.result)
         comfy, timeout = self._core.comfy, self._core.cfg.job_timeout_s
+        await self._check_storage(job, state)  # before ComfyUI spends minutes on it
         images: list[ImageRef] | None = None
         if job.prompt_id:
             images = await self._find_again(job.prompt_id, ctx)
@@ -66,6 +72,7 @@ class GenerationHandler:
                 await fresh_run.check(self._core, prompt_id, state.timing)
             log.info("job %s: ComfyUI ran prompt %s: %s", job.id, prompt_id, timer.describe())
         png = await comfy.view(images[0])
+        await self._check_image(job, state, png)
         outputs = await self._save(job, state, png)
         log.info("job %s: wrote %s", job.id, ", ".join(outputs))
         state.outputs, state.comfy_image = outputs, images[0].filename
@@ -84,20 +91,65 @@ class GenerationHandler:
             log.info("job %s: the earlier attempt failed in ComfyUI (%s); running it again", ctx.job.id, exc)
         return None
 
+    # --- no silent wrong pages, no lost ones (issue 10) -----------------------------------------------
+
+    def _folder(self, job: Job, state: GenerationState) -> Path:
+        """Where the job's image goes: a destination's folder, the chapter's raw/, or state images/."""
+        if state.destination is not None:
+            return Path(state.destination.image).parent
+        req = GenerateRequest.model_validate(job.request)
+        if req.chapter is not None and req.page is not None:
+            return pipeline_files.raw_dir(self._core.cfg.require_pipeline_dir(), req.chapter)
+        return self._core.cfg.state_dir / "images"
+
+    async def _check_storage(self, job: Job, state: GenerationState) -> None:
+        """The job's files can be written (and a page's log read) before its prompt is sent."""
+        then = retry_hint(job.id)
+        if state.destination is None:
+            req = GenerateRequest.model_validate(job.request)
+            if req.chapter is not None:
+                pipeline = self._core.cfg.require_pipeline_dir()
+                await asyncio.to_thread(pipeline_files.check_page_storage, pipeline, req.chapter, then)
+                return
+        await asyncio.to_thread(check_writable, self._folder(job, state), then=then)
+
+    async def _check_image(self, job: Job, state: GenerationState, png: bytes) -> None:
+        """Fail the job on an image that is no picture (all one colour: NaN), keeping it aside in
+        <state>/rejected/ for inspection instead of publishing it."""
+        try:
+            await asyncio.to_thread(check_generated, png, f"the image of job {job.id}")
+        except PlasmaError as exc:
+            if exc.code != ErrorCode.BAD_IMAGE:
+                raise
+            kept = self._core.cfg.state_dir / "rejected" / f"{job.id}.png"
+            try:
+                await asyncio.to_thread(keep_rejected, kept, png, state.graph)
+            except OSError as err:
+                log.warning("job %s: could not keep its rejected image at %s: %s", job.id, kept, err)
+                raise exc from None
+            log.warning("job %s: %s; kept at %s", job.id, exc.message, kept)
+            raise PlasmaError(
+                exc.code,
+                f"{exc.message} (the image is kept for inspection at {kept}, not published)",
+                details={**(exc.details or {}), "rejectedImage": str(kept)},
+            ) from None
+
     async def _save(self, job: Job, state: GenerationState, png: bytes) -> list[str]:
         # Fingerprints (issue 12): the hashes started when the job was queued; in the log entry
         # (via `state`) and in the PNG, as a text chunk beside ComfyUI's graph.
         state.fingerprints = await fingerprints.fingerprint(self._core.hasher, state.files)
         png = fingerprints.add_to_png(png, state.fingerprints)
+        then = retry_hint(job.id)
         if state.destination is not None:
             # A file named when the job was queued (a reg image, a reproduction): created there,
             # never replaced. Its job's request need not be a GenerateRequest (a reproduction's is not).
-            return [str(await asyncio.to_thread(write_destination, state.destination, png))]
+            with storage_errors(self._folder(job, state), then):
+                return [str(await asyncio.to_thread(write_destination, state.destination, png))]
         req = GenerateRequest.model_validate(job.request)
         if req.chapter is None or req.page is None:
-            folder = self._core.cfg.state_dir / "images"
-            image = folder / f"{job.id}.png"
-            await asyncio.to_thread(write_beside, image, png, state.graph)
+            image = self._folder(job, state) / f"{job.id}.png"
+            with storage_errors(image.parent, then):
+                await asyncio.to_thread(write_beside, image, png, state.graph)
             return [str(image)]
         pipeline = self._core.cfg.require_pipeline_dir()
         if not state.reserved:
@@ -116,6 +168,7 @@ class GenerationHandler:
             state.graph,  # exactly what ComfyUI got
             log_entry(req, state),
             job.id,
+            then,
         )
         return [str(saved.image)]
 
@@ -157,23 +210,43 @@ def log_entry(req: GenerateRequest, state: GenerationState) -> dict[str, Any]:
     }
 
 
+def retry_hint(job_id: str) -> str:
+    """How to run a job again once a storage fault is fixed (the end of its error message)."""
+    return f"retry it: plasmactl retry {job_id} (POST /jobs/{job_id}/retry)"
+
+
+def keep_rejected(path: Path, png: bytes, graph: dict[str, Any]) -> None:
+    """A rejected image and its graph, under the job's name in the state dir (ours: replaced
+    whole if a retry is rejected again). Blocking."""
+    replace_atomic(path, png)
+    replace_atomic(path.with_name(f"{path.stem}.workflow.json"), json.dumps(graph, indent=2).encode())
+
+
 def write_beside(image: Path, png: bytes, graph: dict[str, Any]) -> None:
     """An image without a page, and its workflow beside it (blocking)."""
     workflow = image.with_name(f"{image.stem}.workflow.json")
-    for path, data in ((image, png), (workflow, json.dumps(graph, indent=2).encode())):
-        if not (create_new(path, data) or same_content(path, data)):
-            raise PlasmaError(ErrorCode.CONFLICT, f"{path} exists with other content")
+    created: list[Path] = []
+    try:
+        for path, data in ((image, png), (workflow, json.dumps(graph, indent=2).encode())):
+            if create_new(path, data):
+                created.append(path)
+            elif not same_content(path, data):
+                raise PlasmaError(ErrorCode.CONFLICT, f"{path} exists with other content")
+    except BaseException:
+        for path in created:  # both or neither
+            path.unlink(missing_ok=True)
+        raise
 
 
 def write_destination(dest: Destination, png: bytes) -> Path:
     """Write a generated image where its job was queued for (blocking).
 
     The caption first, then the image, each created only where nothing is (fsutil.create_new): the
-    image's presence is what marks the item done. A file found there with the same bytes is a
-    retry after a restart and is fine; anything else stays as it is and fails the job.
+    image's presence is what marks the item done (its pixels were checked by `_check_image`). A
+    file found there with the same bytes is a retry after a restart and is fine; anything else
+    stays as it is and fails the job.
     """
     image = Path(dest.image)
-    check_generated(png, image.name)
     image.parent.mkdir(parents=True, exist_ok=True)
     if dest.caption is not None:
         caption = Path(dest.caption)

@@ -19,8 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
-from plasmad.core.fsutil import create_new, file_lock, replace_atomic, same_content
+from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found, storage_error
+from plasmad.core.fsutil import (
+    check_writable,
+    file_lock,
+    link_new,
+    replace_atomic,
+    same_content,
+    stage,
+    storage_errors,
+)
 
 STEM_RE = re.compile(r"^ch(\d{2,3})_p(\d{3})_v(\d+)$")
 LOG_NAME = "generation-log.json"
@@ -33,6 +41,12 @@ def chapter_dir(pipeline: Path, chapter: int) -> Path:
 
 def raw_dir(pipeline: Path, chapter: int) -> Path:
     return chapter_dir(pipeline, chapter) / "raw"
+
+
+def output_folders(pipeline: Path) -> list[Path]:
+    """Every chapter folder and its raw/: where page files and logs are written."""
+    chapters = sorted(p for p in (pipeline / "output").glob("ch-*") if p.is_dir())
+    return [f for c in chapters for f in (c, c / "raw")]
 
 
 def stem(chapter: int, page: int, version: int) -> str:
@@ -94,11 +108,15 @@ def next_free_stem(pipeline: Path, chapter: int, page: int) -> str:
 
 
 def read_log(path: Path) -> list[Any]:
-    if not path.exists():
-        return []
     try:
         entries = json.loads(path.read_text(encoding="utf-8") or "[]")
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        if (err := storage_error(exc, path.parent)) is not None:
+            raise err from None
+        raise PlasmaError(ErrorCode.CONFLICT, f"{path} cannot be read ({exc}); nothing was written") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlasmaError(
             ErrorCode.CONFLICT, f"{path} is not readable JSON ({exc}); fix it, nothing was written"
         ) from None
@@ -118,6 +136,16 @@ class SavedPage:
     entry: dict[str, Any]
 
 
+def check_page_storage(pipeline: Path, chapter: int, then: str = "") -> None:
+    """Before a page's prompt is sent: its generation log reads as a JSON array and its folders
+    take a new file, so a render is never thrown away for a fault that was there all along."""
+    folder = chapter_dir(pipeline, chapter)
+    check_writable(raw_dir(pipeline, chapter), then=then)  # creates both folders
+    check_writable(folder, then=then)
+    with storage_errors(folder, then):
+        read_log(folder / LOG_NAME)
+
+
 def save_page(
     pipeline: Path,
     chapter: int,
@@ -127,30 +155,68 @@ def save_page(
     workflow: dict[str, Any],
     entry: dict[str, Any],
     job_id: str,
+    then: str = "",
 ) -> SavedPage:
-    """Write image, workflow and log entry for one job, once.
+    """Write image, workflow and log entry for one job, once: all three or none.
 
     `reserved` is the stem the job recorded before calling (so a retry after a crash reuses it):
     if that image already exists with these very bytes, it is ours from the interrupted attempt.
-    A log entry with this jobId means everything was written already.
+    A log entry with this jobId means everything was written already. Image and workflow are
+    written to temp files first (a full disk fails there, before any name is taken), then linked
+    into place, then the log entry is added; if that fails, the two are removed again, so the
+    reserved name stays free for the retry. Disk full, read-only, no permission: a STORAGE error
+    naming the folder (`then`: how to carry on once fixed).
     """
     folder = raw_dir(pipeline, chapter)
     log_path = chapter_dir(pipeline, chapter) / LOG_NAME
-    with file_lock(chapter_dir(pipeline, chapter) / LOCK_NAME):
-        entries = read_log(log_path)  # refuse early if the log is broken: no orphan image
-        for old in entries:
-            if isinstance(old, dict) and old.get("jobId") == job_id:
-                return SavedPage(folder / old["imageFile"], folder / old.get("workflowFile", ""), old)
+    with storage_errors(chapter_dir(pipeline, chapter), then):
+        with file_lock(chapter_dir(pipeline, chapter) / LOCK_NAME):
+            entries = read_log(log_path)  # refuse early if the log is broken: no orphan image
+            for old in entries:
+                if isinstance(old, dict) and old.get("jobId") == job_id:
+                    return SavedPage(folder / old["imageFile"], folder / old.get("workflowFile", ""), old)
+            workflow_bytes = _dump(workflow)
+            image_tmp = stage(folder / f"{reserved}.png", png)
+            try:
+                workflow_tmp = stage(folder / f"{reserved}.workflow.json", workflow_bytes)
+            except BaseException:
+                image_tmp.unlink(missing_ok=True)
+                raise
+            try:
+                staged = ((image_tmp, png), (workflow_tmp, workflow_bytes))
+                return _publish_page(pipeline, chapter, page, reserved, staged, entries, entry, job_id)
+            finally:
+                image_tmp.unlink(missing_ok=True)
+                workflow_tmp.unlink(missing_ok=True)
+
+
+def _publish_page(
+    pipeline: Path,
+    chapter: int,
+    page: int,
+    reserved: str,
+    staged: tuple[tuple[Path, bytes], tuple[Path, bytes]],
+    entries: list[Any],
+    entry: dict[str, Any],
+    job_id: str,
+) -> SavedPage:
+    """Link the staged image and workflow into place under the first free name from `reserved`,
+    then add the log entry; on any failure, remove the two again (ours: they hold our bytes)."""
+    folder = raw_dir(pipeline, chapter)
+    image_file, workflow_file = staged
+    ours: list[Path] = []
+    try:
         name = reserved
         while True:
             image = folder / f"{name}.png"
-            if create_new(image, png) or same_content(image, png):
+            if link_new(image_file[0], image) or same_content(image, image_file[1]):
+                ours.append(image)
                 break
             name = next_free_stem(pipeline, chapter, page)
         workflow_path = folder / f"{name}.workflow.json"
-        workflow_bytes = _dump(workflow)
-        if not (create_new(workflow_path, workflow_bytes) or same_content(workflow_path, workflow_bytes)):
+        if not (link_new(workflow_file[0], workflow_path) or same_content(workflow_path, workflow_file[1])):
             raise PlasmaError(ErrorCode.CONFLICT, f"{workflow_path} exists with other content; left as is")
+        ours.append(workflow_path)
         m = STEM_RE.match(name)
         assert m is not None
         full = {
@@ -160,9 +226,12 @@ def save_page(
             "version": int(m.group(3)),
             "jobId": job_id,
         }
-        entries.append(full)
-        replace_atomic(log_path, _dump(entries))
+        replace_atomic(chapter_dir(pipeline, chapter) / LOG_NAME, _dump([*entries, full]))
         return SavedPage(image, workflow_path, full)
+    except BaseException:
+        for path in ours:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def approve(pipeline: Path, image: str, approved: bool = True) -> dict[str, Any]:
@@ -173,7 +242,7 @@ def approve(pipeline: Path, image: str, approved: bool = True) -> dict[str, Any]
         raise invalid("image", f"{image!r} is not a page image name like ch01_p001_v1")
     chapter = int(m.group(1))
     log_path = chapter_dir(pipeline, chapter) / LOG_NAME
-    with file_lock(chapter_dir(pipeline, chapter) / LOCK_NAME):
+    with storage_errors(log_path.parent), file_lock(chapter_dir(pipeline, chapter) / LOCK_NAME):
         entries = read_log(log_path)
         hits = [e for e in entries if isinstance(e, dict) and e.get("imageFile") == f"{name}.png"]
         if not hits:

@@ -3,7 +3,8 @@
 `models.parse` has already checked types and refused unknown fields; here the hardware limits of
 `plasmad.core.limits` are applied (GEN-03), and everything that needs ComfyUI or the disk: the sampler
 and scheduler ComfyUI offers, the checkpoint and LoRA files and their family (SD 1.5 only, read
-from the safetensors header). Every refusal is a PlasmaError INVALID_INPUT naming the field.
+from the safetensors header), and whether the LoRA's modules fit the checkpoint's layers
+(`plasmad.comfy.lora_fit`). Every refusal is a PlasmaError INVALID_INPUT naming the field.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plasmad.comfy import inputs as comfy_inputs
-from plasmad.comfy import model_catalog, model_paths
+from plasmad.comfy import lora_fit, model_catalog, model_paths
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.model_paths import ModelFolders
 from plasmad.comfy.templates import TXT2IMG_BASE, TXT2IMG_LORA
@@ -113,9 +114,14 @@ async def _check_models(req: GenerateRequest, cfg: Config) -> tuple[ModelFolders
     checkpoint = req.checkpoint or cfg.checkpoint
     if not checkpoint:
         raise invalid("checkpoint", "no checkpoint given and PLASMA_CHECKPOINT is not set")
-    await asyncio.to_thread(model_catalog.check_model, folders, "checkpoints", checkpoint, "checkpoint")
+    base = await asyncio.to_thread(
+        model_catalog.check_model, folders, "checkpoints", checkpoint, "checkpoint"
+    )
     if req.lora_id is not None:
-        await asyncio.to_thread(model_catalog.check_model, folders, "loras", req.lora_id, "loraId")
+        lora = await asyncio.to_thread(model_catalog.check_model, folders, "loras", req.lora_id, "loraId")
+        # SD 1.5 both, yet the LoRA may be cut for another UNet: ComfyUI would load part of it and
+        # draw the page without the character, reporting success.
+        await asyncio.to_thread(lora_fit.check_lora_fits, base, lora, "loraId")
     return folders, checkpoint
 
 

@@ -21,9 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
-# A 1x1 PNG.
+# A 2x2 PNG of four colours: a picture, as far as plasmad's one-colour check can tell.
 PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR42mP4z8DA8J+BkYHh////DAAe9gT9CzF8CQAAAABJRU5ErkJggg=="
+)
+# A 2x2 all-black PNG: what ComfyUI writes when the UNet gives NaN (and says success).
+BLACK_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAC0lEQVR42mNgQAcAABIAAeRVjecAAAAASUVORK5CYII="
 )
 SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m"]
 SCHEDULERS = ["normal", "karras", "simple"]
@@ -44,6 +48,9 @@ class FakeComfyUI:
         self.nodes: dict[str, Any] = {}  #: more /object_info answers: custom nodes a test says are installed
         self.image = PNG  #: what /view serves
         self.messages: list[Any] = []  #: the status messages a successful prompt's history lists
+        #: When set, a `normal` prompt waits for it before it runs: the test acts meanwhile
+        #: (fills a disk while the "render" is under way).
+        self.gate: asyncio.Event | None = None
         self._hang: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = web.Application()
@@ -159,6 +166,8 @@ class FakeComfyUI:
     async def _later(self, prompt_id: str, client_id: str) -> None:
         await asyncio.sleep(0.02)
         if self.scenario == "normal":
+            if self.gate is not None:
+                await self.gate.wait()
             await self._run_events(prompt_id, client_id)
         elif self.scenario == "drop":
             await self._send(

@@ -23,6 +23,8 @@ SD15_CHECKPOINT: dict[str, list[int]] = {
     "model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3],
     "first_stage_model.decoder.conv_in.weight": [512, 4, 3, 3],
     "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": [49408, 768],
+    # The weight SD15_LORA's text-encoder module patches (the LoRA's fit is checked at submit).
+    "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight": [3072, 768],
 }
 SD2_CHECKPOINT: dict[str, list[int]] = {
     UNET_TO_K: [320, 1024],
@@ -37,6 +39,7 @@ SD15_LORA: dict[str, list[int]] = {
     LORA_TO_K: [4, 768],
     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": [320, 4],
     "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [4, 768],
+    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": [3072, 4],
 }
 SDXL_LORA: dict[str, list[int]] = {
     "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [4, 768],

@@ -64,6 +64,8 @@ class ComfyServer:
     dir: Path
     output_dir: Path
     log: Path
+    extra_loras: Path | None = None  #: a loras folder this ComfyUI also reads (test-built LoRAs)
+    pid: int | None = None
 
 
 @dataclass

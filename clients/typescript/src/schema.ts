@@ -369,6 +369,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/jobs/{id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Run a failed or cancelled generation again */
+        post: operations["retryJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/jobs/{id}/thumbnail": {
         parameters: {
             query?: never;
@@ -1149,7 +1166,7 @@ export interface components {
          * @description Stable codes: never renumber, only add. The HTTP status is `http_status`.
          * @enum {integer}
          */
-        ErrorCode: 1001 | 1003 | 1004 | 1015 | 1009 | 1020 | 1030 | 1031 | 1040 | 1041 | 1050 | 1099;
+        ErrorCode: 1001 | 1003 | 1004 | 1015 | 1009 | 1020 | 1030 | 1031 | 1040 | 1041 | 1050 | 1099 | 1013 | 1032 | 1060;
         /** ErrorDetail */
         ErrorDetail: {
             /** @description stable code, shared by the HTTP and the JSON-RPC API */
@@ -1170,7 +1187,7 @@ export interface components {
              * Name
              * @enum {string}
              */
-            name: "invalid_input" | "forbidden" | "not_found" | "unsupported_media" | "conflict" | "not_configured" | "comfyui_unavailable" | "comfyui_rejected" | "training_failed" | "out_of_memory" | "shutting_down" | "internal";
+            name: "invalid_input" | "forbidden" | "not_found" | "unsupported_media" | "conflict" | "not_configured" | "comfyui_unavailable" | "comfyui_rejected" | "training_failed" | "out_of_memory" | "shutting_down" | "internal" | "payload_too_large" | "bad_image" | "storage";
         };
         /**
          * FileCheck
@@ -2990,7 +3007,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description The body is too large */
+        /** @description The body is too large (`1013` payload_too_large) */
         Error413: {
             headers: {
                 [name: string]: unknown;
@@ -2999,9 +3016,9 @@ export interface components {
                 /**
                  * @example {
                  *       "error": {
-                 *         "code": 1001,
+                 *         "code": 1013,
                  *         "message": "The body is too large",
-                 *         "name": "invalid_input"
+                 *         "name": "payload_too_large"
                  *       }
                  *     }
                  */
@@ -3170,6 +3187,7 @@ export interface operations {
                     "text/javascript": string;
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
@@ -3878,6 +3896,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             409: components["responses"]["Error409"];
@@ -3905,6 +3924,7 @@ export interface operations {
                     "image/png": string;
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
@@ -3937,6 +3957,64 @@ export interface operations {
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
+        };
+    };
+    retryJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Accepted: queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "createdAt": "2026-03-01T10:00:00.000Z",
+                     *       "error": null,
+                     *       "finishedAt": "2026-03-01T10:00:45.000Z",
+                     *       "id": "j_3f2a9c1b7d4e",
+                     *       "kind": "generate",
+                     *       "outputs": [
+                     *         "/Users/me/manga/pipeline/output/ch-01/raw/ch01_p001_v1.png"
+                     *       ],
+                     *       "progress": {
+                     *         "step": 20,
+                     *         "total": 20
+                     *       },
+                     *       "request": {
+                     *         "prompt": "spyke_plasma_v1, full body, rooftop",
+                     *         "seed": 42
+                     *       },
+                     *       "result": {
+                     *         "height": 768,
+                     *         "template": "txt2img-lora",
+                     *         "width": 512
+                     *       },
+                     *       "seed": 42,
+                     *       "startedAt": "2026-03-01T10:00:00.100Z",
+                     *       "status": "succeeded",
+                     *       "waitingFor": null
+                     *     }
+                     */
+                    "application/json": components["schemas"]["JobView"];
+                };
+            };
+            400: components["responses"]["Error400"];
+            403: components["responses"]["Error403"];
+            404: components["responses"]["Error404"];
+            409: components["responses"]["Error409"];
+            415: components["responses"]["Error415"];
+            500: components["responses"]["Error500"];
+            503: components["responses"]["Error503"];
         };
     };
     jobThumbnail: {
@@ -3998,6 +4076,7 @@ export interface operations {
                     "application/json": components["schemas"]["Workflow"];
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
@@ -4111,6 +4190,7 @@ export interface operations {
                     "application/json": components["schemas"]["TrainingView"];
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             409: components["responses"]["Error409"];
@@ -4200,6 +4280,7 @@ export interface operations {
                     "application/json": components["schemas"]["SamplesView"];
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
@@ -4268,6 +4349,7 @@ export interface operations {
                     "application/json": components["schemas"]["TrainingView"];
                 };
             };
+            400: components["responses"]["Error400"];
             403: components["responses"]["Error403"];
             404: components["responses"]["Error404"];
             500: components["responses"]["Error500"];
