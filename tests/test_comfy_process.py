@@ -299,7 +299,9 @@ def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
     return value
 
 
-def test_a_job_running_when_comfyui_dies_fails_with_the_reason(tmp_path: Path, start_daemon: Any) -> None:
+def test_a_job_running_when_comfyui_dies_runs_again_after_the_restart(
+    tmp_path: Path, start_daemon: Any
+) -> None:
     control = tmp_path / "control"
     control.mkdir()
     (control / "scenario").write_text("hang")  # the prompt runs until something ends it
@@ -316,15 +318,14 @@ def test_a_job_running_when_comfyui_dies_fails_with_the_reason(tmp_path: Path, s
     (control / "scenario").write_text("normal")  # for the next prompt, in the restarted child too
     time.sleep(0.2)
     (control / "die").write_text("7")
-    started = time.monotonic()
-    failed = d.wait_job(job["id"], 30)
-    assert time.monotonic() - started < 10  # at once, not after PLASMA_JOB_TIMEOUT
-    assert failed["status"] == "failed"
-    error = failed["error"]
-    assert error["name"] == "comfyui_unavailable" and error["code"] == 1030
-    assert error["message"].startswith(
-        "ComfyUI stopped (exit 7) while running this job; plasmad is restarting it")
-    assert "comfyui.log" in error["message"]
+    # Not failed: it waits for the restarted ComfyUI, which has forgotten the prompt, and sends
+    # it again there; the attempt ComfyUI did not finish is recorded with its reason.
+    done = d.wait_job(job["id"], 60)
+    assert done["status"] == "succeeded", done
+    attempts = done["result"]["attempts"]
+    assert len(attempts) == 1, attempts
+    assert "stopped (exit 7) while running this job; plasmad restarts it" in attempts[0]["reason"]
+    assert "comfyui.log" in attempts[0]["reason"]
 
     # Restarted: /health says so, and the next job runs on the new ComfyUI.
     def restarted() -> dict[str, Any] | None:
@@ -334,16 +335,13 @@ def test_a_job_running_when_comfyui_dies_fails_with_the_reason(tmp_path: Path, s
 
     process = wait_for(restarted, "ComfyUI to be restarted")
     assert process["pid"] != first_pid and process["lastExit"] == 7 and process["lastExitReason"] == "exit 7"
-    status, job2 = d.http("POST", "/jobs", {"prompt": "spyke", "resolution": {"width": 64, "height": 64}})
-    assert status == 202, job2
-    assert d.wait_job(job2["id"], 30)["status"] == "succeeded"
 
-    # The failed job's own log tells its story.
+    # The job's own log tells its story.
     status, log = d.http("GET", f"/jobs/{job['id']}/log")
     assert status == 200 and log["source"] == "job"
     text = "\n".join(log["lines"])
-    assert f"job {job['id']} started" in text and "sending prompt" in text
-    assert "ComfyUI stopped (exit 7)" in text
+    assert f"job {job['id']} started" in text and text.count("sending prompt") == 2
+    assert "attempt 1 of 3 did not finish" in text and "stopped (exit 7)" in text
 
     # SIGTERM to plasmad stops the (second) child with SIGTERM, and it is gone.
     second_pid = process["pid"]

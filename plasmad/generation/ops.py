@@ -63,7 +63,7 @@ class GenerationOps:
     async def queue(self, req: GenerateRequest, destination: Destination | None) -> Job:
         """Validate `req` and store it as a queued job (`Core.submit_generation`)."""
         return await self._store(
-            req, await validate_generate(req, self._core.cfg, self._core.comfy), destination
+            req, await validate_generate(req, self._core.cfg, self._core.monitor), destination
         )
 
     async def _store(
@@ -85,7 +85,16 @@ class GenerationOps:
             # CTRL-01: the images go into ComfyUI's input/ now, so the stored graph is the one sent.
             await asyncio.to_thread(controlnet.stage_images, plan.controlnet, core.cfg.require_comfyui_dir())
             fields.update(controlnet.job_state(plan.controlnet, template, graph))
-        state = GenerationState(template=plan.template, graph=graph, destination=destination, **fields)
+        dtype = plan.unet_dtype
+        state = GenerationState(
+            template=plan.template,
+            graph=graph,
+            destination=destination,
+            unet_dtype=dtype.value,
+            unet_dtype_why=dtype.why,
+            unet_dtype_pending=not dtype.known,
+            **fields,
+        )
         job = Job(
             id=job_id,
             kind=JobKind.GENERATE,
@@ -95,7 +104,10 @@ class GenerationOps:
         )
         await core.queue.add(job)
         # `job_id`: this line opens the job's own log too (plasmad.core.job_logs).
-        log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed, extra={"job_id": job.id})
+        log.info(
+            "job %s queued (%s, seed %d, UNet %s: %s)",
+            job.id, plan.template, plan.seed, dtype.value, dtype.why, extra={"job_id": job.id},
+        )  # fmt: skip
         return job
 
     async def approve(self, body: Any) -> dict[str, Any]:

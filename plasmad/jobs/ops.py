@@ -107,7 +107,8 @@ class JobOps:
         live = self._core.queue.live_progress(job.id)
         step, total = live if live else (job.step or 0, job.total)
         progress = Progress(step=step, total=total) if total else None
-        waiting_for = await self._core.waiting_for(job) if job.status == JobStatus.QUEUED else None
+        active = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+        waiting_for = await self._core.waiting_for(job) if active else None
         return dump(
             JobView(
                 id=job.id,

@@ -93,7 +93,8 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
     try:
         comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
         service = build_service(cfg, store, comfy, TemplateSet(cfg.templates_dir))
-        queue = service.core.queue
+        queue, monitor = service.core.queue, service.core.monitor
+        await monitor.start(first_probe_s=2.0)
         await queue.recover()
         if start_worker:
             queue.start()
@@ -101,6 +102,7 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
     finally:
         if queue is not None:
             await queue.stop(0.2)  # a job still hanging in the fake is parked, as at a real stop
+            await service.core.monitor.stop()
         await session.close()
         await store.close()
 
