@@ -134,7 +134,6 @@ def main() -> None:
             PLASMA_SOCKET=str(root / "s"),
             PLASMA_HTTP_PORT="0",
             PLASMA_CONFIG=str(root / "none.toml"),
-            PLASMA_UNET_DTYPE="fp32",
             PLASMA_CHECKPOINT=os.environ.get("PLASMA_CHECKPOINT", "plasma-demo-sd15.safetensors"),
         )
         if args.comfyui_url:

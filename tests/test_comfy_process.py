@@ -30,6 +30,7 @@ from aiohttp.test_utils import TestServer
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.process import BASE_FLAGS, ManagedComfyUI, ManagedStartError, describe_exit
 from tests.fakes.fake_comfyui import FakeComfyUI
+from tests.fakes.fake_kohya_python import FAKE_KOHYA, write_fake_python
 from tests.support.modelfiles import CHECKPOINT_SD15, make_models_dir
 from tests.support.processes import (
     COMFY_DIR,
@@ -39,6 +40,7 @@ from tests.support.processes import (
     DaemonProcess,
     free_port,
 )
+from tests.support.training import NAME, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -348,6 +350,51 @@ def test_a_job_running_when_comfyui_dies_runs_again_after_the_restart(
     assert d.stop() == 0
     assert f"{second_pid} SIGTERM" in lines(control / "signals")
     assert not alive(second_pid)
+
+
+def test_a_kohya_training_stops_the_managed_comfyui_and_starts_it_again_after(
+    tmp_path: Path, start_daemon: Any
+) -> None:
+    control = tmp_path / "control"
+    control.mkdir()
+    dataset = make_dataset(tmp_path / "data")
+    d: DaemonProcess = start_daemon(
+        **managed_env(tmp_path, control),
+        KOHYA_PYTHON=str(write_fake_python(tmp_path)),
+        KOHYA_SCRIPT=str(FAKE_KOHYA),
+        FAKE_KOHYA_SLOW="1",  # a step every FAKE_KOHYA_STEP_DELAY seconds
+        FAKE_KOHYA_STEP_DELAY="0.4",
+    )
+    first_pid = d.http("GET", "/health")[1]["comfyuiInfo"]["process"]["pid"]
+    body = {"datasetDir": str(dataset), "outputName": NAME, "steps": 6, "saveEverySteps": 2}
+    status, t = d.http("POST", "/loras/train", body)
+    assert status == 202, t
+
+    def paused() -> dict[str, Any] | None:
+        p = d.http("GET", "/health")[1]["comfyuiInfo"]["process"]
+        return p if p["state"] == "paused" else None
+
+    process = wait_for(paused, "ComfyUI to be stopped for the training")
+    assert process["pausedFor"] == f"training {t['id']}" and process["pid"] is None
+    assert f"{first_pid} SIGTERM" in lines(control / "signals")  # stopped the ordinary way
+    assert not alive(first_pid)
+    # A generation queued meanwhile waits, and says for what.
+    status, job = d.http("POST", "/jobs", {"prompt": "spyke", "resolution": {"width": 64, "height": 64}})
+    assert status == 202, job
+    _, view = d.http("GET", f"/jobs/{job['id']}")
+    assert view["status"] == "queued"
+    assert view["waitingFor"].startswith(f"ComfyUI, stopped by plasmad during training {t['id']}")
+
+    done = d.wait_for(f"/loras/{t['id']}/status", lambda s: s["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done
+    assert d.wait_job(job["id"], 60)["status"] == "succeeded"  # on the ComfyUI started again
+    # (Its supervisor may see it answer a moment after the monitor did.)
+    process = d.wait_for("/health", lambda h: h["comfyuiInfo"]["process"]["state"] == "running")[
+        "comfyuiInfo"
+    ]["process"]
+    assert process["pid"] not in (None, first_pid)
+    assert process["restarts"] == 0 and process["pausedFor"] is None  # a pause is not a crash
+    assert len(lines(control / "started")) == 2
 
 
 def test_managed_mode_refuses_to_start_on_a_taken_port(tmp_path: Path, daemon_env: DaemonEnv) -> None:
