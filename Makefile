@@ -5,7 +5,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup comfyui demo serve test lint bench clean-demo
+.PHONY: setup comfyui demo serve test lint bench fault-injection clean-demo
 
 setup: $(VENV)/.installed
 
@@ -36,3 +36,8 @@ test: setup comfyui lint
 
 bench: setup comfyui
 	$(BIN)/python scripts/bench_overhead.py
+
+# Ten pages through a real plasmad and ComfyUI, both killed at seeded random moments; prints pages
+# done / failed / duplicates / leftovers (goal 10 / 0 / 0 / 0). Minutes, not a test.
+fault-injection: setup comfyui
+	$(BIN)/python scripts/fault_injection.py

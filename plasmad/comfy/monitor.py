@@ -174,6 +174,9 @@ class ComfyMonitor:
         self._up.set()
 
     def _saw_away(self, reason: str, *, timed_out: bool) -> None:
+        paused = self.process.paused if self.process is not None else None
+        if paused:
+            reason = f"is stopped by plasmad during {paused}"  # on purpose: not a fault to report
         now = time.monotonic()
         if timed_out:
             self._unanswered_since = self._unanswered_since or now

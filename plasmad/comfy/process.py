@@ -230,7 +230,7 @@ class ManagedComfyUI:
         while not self._stop.is_set():
             if self.paused:
                 self.state = "paused"
-                await _first(self._stop.wait(), self._unpaused.wait())
+                await processes.first_done(self._stop.wait(), self._unpaused.wait())
                 continue
             started = time.monotonic()
             code = await self._run_child()
@@ -276,7 +276,7 @@ class ManagedComfyUI:
         exited = asyncio.create_task(proc.wait())
         try:
             if await self._until_ready(proc, exited):
-                await _first(exited, self._stop.wait(), self._pause.wait())
+                await processes.first_done(exited, self._stop.wait(), self._pause.wait())
             if not exited.done():
                 await self._terminate(proc, exited)
             code = await exited
@@ -296,7 +296,8 @@ class ManagedComfyUI:
         """Poll until the child answers (True), or it ends or is to end first (False)."""
         while not exited.done() and not self._stop.is_set() and not self._pause.is_set():
             if not await self._answers():
-                await _first(exited, self._stop.wait(), self._pause.wait(), timeout=READY_POLL_S)
+                ends = (exited, self._stop.wait(), self._pause.wait())
+                await processes.first_done(*ends, timeout=READY_POLL_S)
                 continue
             self.state = "running"
             self._client.forget_object_info()  # a new ComfyUI may have other nodes and models
@@ -401,15 +402,3 @@ class ManagedComfyUI:
             if exit_status.done():
                 raise self._died(exit_status.result()) from exc
             raise
-
-
-async def _first(*waits: Awaitable[Any], timeout: float | None = None) -> None:
-    """Wait until the first of `waits` is done (or `timeout`). Coroutines are wrapped in tasks that
-    end with this call; futures passed in (a child's exit) are left running."""
-    own = [asyncio.ensure_future(w) for w in waits if not isinstance(w, asyncio.Future)]
-    watched = [*(w for w in waits if isinstance(w, asyncio.Future)), *own]
-    try:
-        await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in own:
-            task.cancel()

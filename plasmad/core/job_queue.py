@@ -276,8 +276,6 @@ class JobQueue:
                 raise
             log.info("job %s parked; it is picked up again at the next start", job.id)
         except PlasmaError as exc:
-            if not exc.message.strip():  # every failure says something (a bug if it comes to this)
-                exc.message = f"{exc.code.label.replace('_', ' ')} (no reason was given)"
             status = JobStatus.CANCELLED if ctx.cancelled.is_set() else JobStatus.FAILED
             await self._store.update(
                 job.id, status=status, error=exc.to_dict(), finished_at=now(), step=job.step, total=job.total
