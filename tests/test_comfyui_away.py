@@ -31,6 +31,7 @@ from plasmad.generation.attempts import MAX_ATTEMPTS
 from tests.fakes.fake_comfyui import SAMPLERS, FakeComfyUI
 from tests.support.app import Api, OpenApi, eventually, expect_error, start_api
 from tests.support.processes import free_port
+from tests.support.training import NAME, make_dataset
 
 
 class SilentServer:
@@ -182,6 +183,27 @@ async def _finished(api: Api, job_id: str) -> dict[str, Any] | None:
     return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
 
+async def test_reg_images_and_a_comfyui_training_are_queued_while_comfyui_is_down(
+    open_api: OpenApi, tmp_path: Path
+) -> None:
+    api = await open_api(comfyui_url=f"http://127.0.0.1:{free_port()}", trainer="comfyui")
+    empty = tmp_path / "datasets" / "spyke"
+    empty.mkdir(parents=True)
+    body = {"datasetDir": str(empty), "count": 2, "allowSmall": True, "width": 64, "height": 64}
+    resp = await api.post("/datasets/reg", body)
+    assert resp.status == 202, await resp.text()
+    queued = (await resp.json())["queued"]
+    assert len(queued) == 2
+    for job_id in queued:
+        assert (await api.job(job_id))["waitingFor"].startswith("ComfyUI at ")
+    dataset = make_dataset(tmp_path / "train")
+    resp = await api.post("/loras/train", {"datasetDir": str(dataset), "outputName": NAME})
+    assert resp.status == 202, await resp.text()
+    training = await resp.json()
+    assert training["trainer"] == "comfyui" and training["status"] == "queued"
+    assert training["waitingFor"].startswith("ComfyUI at ")
+
+
 async def test_a_queued_job_waiting_for_comfyui_can_be_cancelled(open_api: OpenApi) -> None:
     api = await open_api(comfyui_url=f"http://127.0.0.1:{free_port()}")
     job_id = await api.submit()
@@ -258,3 +280,12 @@ def test_the_lines_of_a_lora_that_did_not_load_are_counted(tmp_path: Path) -> No
     # Rotated since (ComfyUI restarted): the new file is read from its start.
     log.write_text("lora key not loaded: x\n")
     assert comfy_log.lora_problems(log, offset) == {"lora key not loaded": 1}
+
+
+def test_plasmactl_shows_a_running_job_waiting_for_comfyui() -> None:
+    from plasmactl.follow import job_line
+
+    why = "ComfyUI at http://127.0.0.1:8188, not answering since 21:04 (attempt 2 of 3 waits for it)"
+    running = {"id": "j_1", "status": "running", "progress": {"step": 3, "total": 20}, "waitingFor": why}
+    assert job_line(running) == f"j_1 waiting for {why}"
+    assert job_line({**running, "waitingFor": None}).startswith("j_1 [")
