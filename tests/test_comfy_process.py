@@ -28,7 +28,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.monitor import ComfyMonitor
 from plasmad.comfy.process import BASE_FLAGS, ManagedComfyUI, ManagedStartError, describe_exit
+from plasmad.core.events import EventBus
 from tests.fakes.fake_comfyui import FakeComfyUI
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, write_fake_python
 from tests.support.modelfiles import CHECKPOINT_SD15, make_models_dir
@@ -159,6 +161,36 @@ async def test_a_dead_comfyui_is_restarted_with_backoff(tmp_path: Path, control:
         pids = [int(line.split()[0]) for line in lines(control / "started")]
         assert len(set(pids)) == len(pids) >= 4  # a new process each time
         assert not any(alive(p) for p in pids[:-1])
+
+
+async def test_an_idle_managed_comfyui_that_hangs_is_killed_and_started_again(
+    tmp_path: Path, control: Path
+) -> None:
+    folder = fake_comfyui_dir(tmp_path)
+    url = f"http://127.0.0.1:{free_port()}"
+    events = EventBus()
+    async with aiohttp.ClientSession() as session:
+        client = ComfyClient(url, session, 0.05, hang_s=1.0)
+        m = ManagedComfyUI(
+            Path(sys.executable), folder, url, ("--cpu",), tmp_path / "logs" / "comfyui.log", client,
+            backoff_s=0.1,
+        )  # fmt: skip
+        monitor = ComfyMonitor(client, events, process=m, idle_probe_s=0.2, max_backoff_s=0.2)
+        try:
+            await m.start()
+            await monitor.start()
+            hung = m.pid
+            assert hung is not None and monitor.up is True
+            os.killpg(hung, signal.SIGSTOP)  # frozen: the kernel still accepts, nobody answers
+            await until(lambda: m.restarts == 1 and m.state == "running", "the hung child to be replaced", 60)
+            assert m.pid != hung and not alive(hung)
+            assert str(m.last_exit_reason).startswith("killed by plasmad: hung (it did not answer for")
+            await until(lambda: monitor.up is True, "the monitor to see it answer again")
+            types = [e.type for e in events.since(f"{events.boot}-0")]
+            assert types[types.index("comfyui.down") :].count("comfyui.up") == 1
+        finally:
+            await monitor.stop()
+            await m.stop()
 
 
 async def test_the_backoff_resets_after_a_stable_run(tmp_path: Path, control: Path,
