@@ -139,7 +139,7 @@ def main() -> None:
         if args.comfyui_url:
             env.update(COMFYUI_URL=args.comfyui_url, COMFYUI_DIR=args.comfyui_dir or "")
         else:
-            demo = REPO / ".demo"
+            demo = Path(os.environ.get("PLASMA_DEMO_DIR", REPO / ".demo"))
             env.update(
                 COMFYUI_MANAGED="1",
                 COMFYUI_DIR=str(demo / "ComfyUI"),

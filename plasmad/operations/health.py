@@ -33,7 +33,8 @@ async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any
             forceFp16="--force-fp16" in argv,
         )
     if not ok:
-        comfy["error"] = _away(monitor.error, monitor.blocks())
+        paused = core.process is not None and core.process.paused
+        comfy["error"] = monitor.blocks() if paused else _away(monitor.error, monitor.blocks())
     warnings = []
     if ok and not comfy.get("fp32Vae"):
         warnings.append("ComfyUI was started without --fp32-vae: the VAE may wash out colours (GEN-05)")
