@@ -93,14 +93,15 @@ class ComfyMonitor:
         if self.process is not None:
             self.process.on_change = self.poke
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.probe()), first_probe_s)
+            async with asyncio.timeout(first_probe_s):
+                await asyncio.shield(self.probe())
         self._task = asyncio.create_task(self._watch(), name="comfyui-monitor")
 
     async def stop(self) -> None:
         for task in (self._task, self._probing):
             if task is not None and not task.done():
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait({task}, timeout=5.0)  # bounded: a stop never hangs the daemon's
         self._task = None
 
     async def load(self) -> None:
@@ -121,17 +122,19 @@ class ComfyMonitor:
             self.catalogue = Catalogue.from_json(data.get("catalogue") or {})
 
     async def _watch(self) -> None:
+        """Ask again every IDLE_PROBE_S while ComfyUI answers, with a backoff while it does not, and
+        at once when poked. (`start` has just asked: the first question waits its turn.)"""
         backoff = self._min_backoff
         while True:
-            up = await self.probe()
-            if up:
-                backoff, delay = self._min_backoff, self._idle_probe
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._idle_probe if self.up else backoff):
+                    await self._poke.wait()
+            self._poke.clear()
+            if await self.probe():
+                backoff = self._min_backoff
             else:
                 await self._end_a_hang()
-                delay, backoff = backoff, min(backoff * 2, self._max_backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), delay)
-            self._poke.clear()
+                backoff = min(backoff * 2, self._max_backoff)
 
     def poke(self) -> None:
         """Ask again now (a managed ComfyUI started or died; a job saw it go)."""
@@ -245,8 +248,8 @@ class ComfyMonitor:
         """A managed ComfyUI whose process runs but has not answered for hang_s is hung: kill it, its
         supervisor starts another."""
         process, since = self.process, self._unanswered_since
-        if process is None or since is None or process.pid is None:
-            return
+        if process is None or since is None or process.state != "running":
+            return  # not ours, answering, or still loading (its start timeout decides then)
         silent = time.monotonic() - since
         if silent >= self.client.hang_s:
             self._unanswered_since = None
@@ -259,7 +262,8 @@ class ComfyMonitor:
         backoff = self._min_backoff
         while not (self.up and time.monotonic() - self._checked < FRESH_S) and not await self.probe():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._up.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._up.wait()
             backoff = min(backoff * 2, self._max_backoff)
 
     def blocks(self) -> str | None:
@@ -275,7 +279,8 @@ class ComfyMonitor:
         """For /health: ask again if the last answer is old, but never wait more than HEALTH_WAIT_S."""
         if time.monotonic() - self._checked > FRESH_S:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.probe(), HEALTH_WAIT_S)
+                async with asyncio.timeout(HEALTH_WAIT_S):
+                    await self.probe()
 
     @property
     def device_types(self) -> list[str]:

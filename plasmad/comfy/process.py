@@ -253,7 +253,8 @@ class ManagedComfyUI:
                 self.last_exit_reason, self.restarts, backoff, self.log_path,
             )  # fmt: skip
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
             backoff = min(backoff * 2, self._max_backoff)
         self.state = "stopped"
 
@@ -332,15 +333,16 @@ class ManagedComfyUI:
         """The child stopped answering: SIGKILL its group (SIGTERM waits in a stopped process's
         queue); the supervisor restarts it as after any death."""
         pid = self.pid
-        if pid is None or self._hung is not None:
-            return  # not running, or already being killed
+        if pid is None or self._hung is not None or self.state != "running":
+            return  # not running (a child still loading is the start timeout's), or already being killed
         self._hung = why
         log.error("ComfyUI (pid %d) hung: %s; killing it, plasmad starts it again", pid, why)
         processes.signal_group(pid, signal.SIGKILL)
         exit_status = self._exit
         if exit_status is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exit_status), self.stop_timeout_s)
+                async with asyncio.timeout(self.stop_timeout_s):
+                    await asyncio.shield(exit_status)
 
     async def pause(self, why: str) -> None:
         """Stop the child and keep it stopped until `resume` (a kohya training needs the memory of
@@ -352,7 +354,8 @@ class ManagedComfyUI:
         if exit_status is not None and self.pid is not None:
             log.info("stopping ComfyUI for %s", why)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exit_status), self.stop_timeout_s + 5.0)
+                async with asyncio.timeout(self.stop_timeout_s + 5.0):
+                    await asyncio.shield(exit_status)
         self._changed()
 
     def resume(self) -> None:
@@ -398,7 +401,8 @@ class ManagedComfyUI:
             return task.result()
         except ComfyAway as exc:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exit_status), EXIT_SETTLE_S)
+                async with asyncio.timeout(EXIT_SETTLE_S):
+                    await asyncio.shield(exit_status)
             if exit_status.done():
                 raise self._died(exit_status.result()) from exc
             raise
