@@ -258,9 +258,10 @@ class ComfyMonitor:
     # --- what the others ask --------------------------------------------------------------------------
 
     async def wait_up(self) -> None:
-        """Return once ComfyUI answers, asking with a backoff meanwhile."""
+        """Return once ComfyUI answers, asking with a backoff meanwhile. A ComfyUI last seen up is
+        taken at its word (no question per job): whoever sees it go says so (`report_away`)."""
         backoff = self._min_backoff
-        while not (self.up and time.monotonic() - self._checked < FRESH_S) and not await self.probe():
+        while not self.up and not await self.probe():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     await self._up.wait()
