@@ -184,7 +184,7 @@ def inject(run: Run, ids: list[str], rng: random.Random, faults: int, start: flo
         if state in FINISHED:
             time.sleep(rng.uniform(0.0, 1.0))  # it went by: somewhere between two jobs, then
         else:
-            time.sleep(rng.uniform(0.0, 3.0))
+            time.sleep(rng.uniform(0.0, 2.0))
         what = f"during page {page + 1} ({job_id}, {statuses(run, [job_id])[job_id]})"
         if rng.random() < 0.5:
             say(start, f"fault {n}: SIGKILL ComfyUI (pid {run.comfy.pid if run.comfy else '?'}) {what}")
@@ -248,8 +248,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pages", type=int, default=10)
     parser.add_argument("--faults", type=int, default=6, help="kills, ComfyUI or plasmad (seeded)")
-    parser.add_argument("--size", type=int, default=128, help="page width and height (pixels)")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--size", type=int, default=192, help="page width and height (pixels)")
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, files)")
     args = parser.parse_args()
     if not COMFY_PYTHON.exists():
