@@ -5,7 +5,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup comfyui demo serve test lint bench bench-queue clean-demo ts-client ts-types
+.PHONY: setup comfyui demo serve test lint bench bench-queue fault-injection clean-demo ts-client ts-types
 
 setup: $(VENV)/.installed
 
@@ -57,3 +57,8 @@ bench: setup comfyui
 # GETs while long lists are served (issue 10). No ComfyUI needed.
 bench-queue: setup
 	$(BIN)/python scripts/bench_queue.py
+
+# Ten pages through a real plasmad and ComfyUI, both killed at seeded random moments; prints pages
+# done / failed / duplicates / leftovers (goal 10 / 0 / 0 / 0). Minutes, not a test.
+fault-injection: setup comfyui
+	$(BIN)/python scripts/fault_injection.py

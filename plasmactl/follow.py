@@ -97,6 +97,8 @@ def job_line(job: dict[str, Any]) -> str:
     """A generation's line: queued and why, its progress bar, or running."""
     if job["status"] == JobStatus.QUEUED:
         return f"{job['id']} queued: waiting for {job.get('waitingFor') or 'the worker'}"
+    if job.get("waitingFor"):  # running, between two attempts: ComfyUI went away
+        return f"{job['id']} waiting for {job['waitingFor']}"
     progress = job.get("progress")
     if progress:
         return f"{job['id']} {bar(progress['step'], progress['total'])}"

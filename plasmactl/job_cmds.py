@@ -153,6 +153,8 @@ def _print_job(job: dict[str, Any]) -> None:
         click.echo(f"progress: {job['progress']['step']}/{job['progress']['total']}")
     if job.get("waitingFor"):
         click.echo(f"waiting for: {job['waitingFor']}")
+    for n, attempt in enumerate((job.get("result") or {}).get("attempts", []), 1):
+        click.echo(f"attempt {n} not finished by ComfyUI ({attempt['at']}): {attempt['reason']}")
     if job.get("seed") is not None:
         click.echo(f"seed: {job['seed']}")
     for path in job.get("outputs", []):

@@ -50,6 +50,8 @@ def _print_health(h: dict[str, Any]) -> None:
         )
     else:
         click.echo(f"ComfyUI:  DOWN ({info.get('error')})")
+    if h.get("unetDtype"):  # PLASMA_UNET_DTYPE, as resolved for ComfyUI's device
+        click.echo(f"UNet:     {h['unetDtype']['value']} ({h['unetDtype']['why']})")
     click.echo(f"GPU:      {h['gpu']['heldBy'] or 'free'}")
     for warning in h.get("warnings", []):
         click.echo(f"warning:  {warning}", err=True)

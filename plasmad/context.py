@@ -1,8 +1,8 @@
 """`Core`: what every feature's operations and workers share, and nothing else.
 
-The settings, the job store, the queue and the GPU lock, the ComfyUI client (and the managed
-ComfyUI process, if plasmad runs it), the workflow templates, the gate that closes when the
-daemon stops, and the one way to queue a generation. Features take a `Core`, never each other:
+The settings, the job store, the queue and the GPU lock, the ComfyUI client and its monitor (and
+the managed ComfyUI process, if plasmad runs it), the workflow templates, the gate that closes
+when the daemon stops, and the one way to queue a generation. Features take a `Core`, never each other:
 a training that samples its checkpoints, a regularisation set, a benchmark all queue their
 images through `submit_generation`, which the generation feature provides when the daemon is
 built (`plasmad.api.service.build_service`). So imports point down only: api -> features ->
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.monitor import ComfyMonitor
 from plasmad.comfy.process import ManagedComfyUI
 from plasmad.comfy.templates import TemplateSet
 from plasmad.core.config import Config
@@ -44,8 +45,11 @@ class Core:
     gpu: GpuLock
     comfy: ComfyClient
     templates: TemplateSet
+    monitor: ComfyMonitor  #: is ComfyUI answering, and what it offered when it last did
     process: ManagedComfyUI | None = None  #: the ComfyUI plasmad runs itself (COMFYUI_MANAGED=1)
     accepting: bool = True  #: False once the daemon is stopping: no new work
+    #: Running jobs waiting for ComfyUI to come back between two attempts: job id -> why.
+    comfy_waits: dict[str, str] = field(default_factory=dict)
     _submit_generation: SubmitGeneration | None = field(default=None, repr=False)
 
     @property
@@ -106,13 +110,32 @@ class Core:
             raise not_found(f"{'training' if kind == JobKind.TRAIN else 'job'} {job_id}")
         return job
 
-    async def waiting_for(self, job: Job, ahead: int | None = None) -> str:
-        """Why a queued job has not started: what holds the GPU, and how many jobs are ahead
-        (counted by one indexed query, unless the caller, listing many, knows it already)."""
+    async def waiting_for(self, job: Job, ahead: int | None = None) -> str | None:
+        """Why a queued job has not started (ComfyUI away, what holds the GPU, how many jobs are
+        ahead: one indexed query, unless the caller, listing many, knows it already), or what a
+        running job waits for between two attempts."""
+        if job.status == JobStatus.RUNNING:
+            return self.comfy_waits.get(job.id)
         if ahead is None:
             ahead = await self.store.queued_ahead(job.seq)
         holder = self.gpu.holder
-        parts = [f"the GPU, held by {holder}" if holder else "the worker"]
+        blocked = self.queue.gate.blocks(job) if self.queue.gate is not None else None
+        parts = [blocked or (f"the GPU, held by {holder}" if holder else "the worker")]
         if ahead:
             parts.append(f"{ahead} job{'s' if ahead > 1 else ''} ahead")
         return "; ".join(parts)
+
+
+class ComfyGate:
+    """The queue's readiness gate (`plasmad.core.job_queue.ReadinessGate`): a job that needs ComfyUI
+    starts only while ComfyUI answers; meanwhile it stays queued and says why."""
+
+    def __init__(self, monitor: ComfyMonitor, needs_comfyui: Callable[[Job], bool]) -> None:
+        self._monitor = monitor
+        self._needs = needs_comfyui
+
+    def blocks(self, job: Job) -> str | None:
+        return self._monitor.blocks() if self._needs(job) else None
+
+    async def wait(self, job: Job) -> None:
+        await self._monitor.wait_up()

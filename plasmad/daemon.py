@@ -2,7 +2,8 @@
 
 The daemon is an aiohttp app whose resources are cleanup contexts (start, yield, stop), so they
 stop in the reverse of their start. Start: config -> single-instance lock -> store -> ComfyUI
-client -> managed ComfyUI -> templates, queue recovery, worker -> socket -> HTTP. Stop: refuse
+client -> managed ComfyUI -> templates, the ComfyUI monitor (one probe), queue recovery, worker
+-> socket -> HTTP. Stop: refuse
 new work -> close the HTTP listener -> close the socket -> stop the queue (the running job gets a
 grace period, then is parked for the next start) -> stop a managed ComfyUI -> close the client and
 the store -> remove the runtime file and the lock.
@@ -170,7 +171,9 @@ class Daemon:
 
     async def _comfy_client(self, app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
-            app[COMFY] = ComfyClient(self.cfg.comfyui_url, session, self.cfg.history_poll_s)
+            app[COMFY] = ComfyClient(
+                self.cfg.comfyui_url, session, self.cfg.history_poll_s, self.cfg.comfyui_hang_s
+            )
             yield
 
     async def _managed_comfyui(self, app: web.Application) -> AsyncIterator[None]:
@@ -204,13 +207,16 @@ class Daemon:
             raise StartupError(f"PLASMA_TEMPLATES_DIR: {exc}", EXIT_CONFIG) from exc
         service = build_service(cfg, app[STORE], app[COMFY], templates, app.get(MANAGED))
         app[SERVICE] = service
-        queue = service.core.queue
+        queue, monitor = service.core.queue, service.core.monitor
         await service.benchmarks.load()
         await asyncio.to_thread(sweep_temps, cfg)
+        # Before the worker: it asks the monitor whether ComfyUI answers before it takes a job.
+        await monitor.start()
         await queue.recover()
         queue.start()
         yield
         await queue.stop(cfg.shutdown_grace_s)  # the running job gets its grace, then is parked
+        await monitor.stop()
         await service.benchmarks.close()
         await service.core.hasher.close()  # a big file still being hashed is dropped, not waited for
 

@@ -134,13 +134,12 @@ def main() -> None:
             PLASMA_SOCKET=str(root / "s"),
             PLASMA_HTTP_PORT="0",
             PLASMA_CONFIG=str(root / "none.toml"),
-            PLASMA_UNET_DTYPE="fp32",
             PLASMA_CHECKPOINT=os.environ.get("PLASMA_CHECKPOINT", "plasma-demo-sd15.safetensors"),
         )
         if args.comfyui_url:
             env.update(COMFYUI_URL=args.comfyui_url, COMFYUI_DIR=args.comfyui_dir or "")
         else:
-            demo = REPO / ".demo"
+            demo = Path(os.environ.get("PLASMA_DEMO_DIR", REPO / ".demo"))
             env.update(
                 COMFYUI_MANAGED="1",
                 COMFYUI_DIR=str(demo / "ComfyUI"),

@@ -27,10 +27,9 @@ else
   export PLASMA_CONTROLNET=${PLASMA_CONTROLNET:-plasma-demo-openpose.safetensors}
   lora=spyke_plasma_demo.safetensors
   if [ "$(uname -s)" != Darwin ]; then
-    # No Apple GPU: ComfyUI on the CPU, where fp16 is ~100x slower than fp32; and a smaller page
-    # so the demo takes seconds, not minutes.
+    # No Apple GPU: ComfyUI on the CPU (PLASMA_UNET_DTYPE=auto then puts the UNet at fp32, fp16
+    # being ~100x slower there); and a smaller page so the demo takes seconds, not minutes.
     export COMFYUI_ARGS=${COMFYUI_ARGS:---cpu}
-    export PLASMA_UNET_DTYPE=${PLASMA_UNET_DTYPE:-fp32}
     size_args=(--width 256 --height 384 --steps 12)
   fi
   log "managed ComfyUI from $COMFYUI_DIR on $COMFYUI_URL"

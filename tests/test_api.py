@@ -463,6 +463,7 @@ async def test_health_with_a_cpu_comfyui(api: Api) -> None:
 async def test_health_with_an_apple_gpu_and_without_fp32_vae(api: Api) -> None:
     api.fake.devices = [{"name": "mps (FAKE Apple M1 Pro)", "type": "mps"}]
     api.fake.argv = ["main.py", "--force-fp16"]
+    await api.stack.core.monitor.probe()  # as if ComfyUI had been restarted on the Mac
     health = await (await api.client.get("/health")).json()
     assert health["mps"] is True
     assert health["comfyuiInfo"]["fp32Vae"] is False and health["comfyuiInfo"]["forceFp16"] is True
@@ -477,9 +478,15 @@ async def test_health_when_comfyui_is_down(open_api: OpenApi) -> None:
     health = await resp.json()
     assert health["comfyui"] is False and health["mps"] is False
     assert "did not answer" in health["comfyuiInfo"]["error"]
-    # A job cannot be validated without ComfyUI's sampler list: 503, not a 500.
-    err = await expect_error(await api.post("/jobs", {"prompt": "x"}), 503)
-    assert err["code"] == ErrorCode.COMFYUI_UNAVAILABLE
+    assert "not answering since" in health["comfyuiInfo"]["error"]
+    # The job is stored all the same (validated against ComfyUI 0.3.75's samplers), and says why
+    # it waits; a sampler no ComfyUI has is still refused.
+    resp = await api.post("/jobs", {"prompt": "x"})
+    assert resp.status == 202, await resp.text()
+    job = await resp.json()
+    assert job["status"] == "queued"
+    assert job["waitingFor"].startswith(f"ComfyUI at {api.cfg.comfyui_url}, not answering since ")
+    await expect_error(await api.post("/jobs", {"prompt": "x", "sampler": "nope"}), 400, "sampler")
 
 
 # --- JSON-RPC: the same errors, the same codes -----------------------------------------------------------

@@ -152,6 +152,7 @@ def test_health(daemon: DaemonThread) -> None:
     assert result.exit_code == 0, result.output
     assert "ComfyUI:  ok 0.3.75-fake" in result.stdout and "GPU:      free" in result.stdout
     assert "mps:      no; fp32 VAE: yes" in result.stdout
+    assert "UNet:     fp32 (auto: ComfyUI reports only cpu" in result.stdout
     assert "no mps device" in result.stderr  # warnings go to stderr
     for args in (("--json", "health"), ("health", "--json")):
         health = json.loads(ctl(daemon, *args).stdout)

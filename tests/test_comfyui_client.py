@@ -145,7 +145,7 @@ async def test_http_answers_with_aioresponses() -> None:
             assert await client.input_choices("KSampler", "scheduler") == ["normal"]
             entry = await client.history("abc")
             assert entry is not None
-            from plasmad.comfy.client import outcome
+            from plasmad.comfy.answers import outcome
 
             assert outcome("abc", entry) == [ImageRef("a.png", "plasma", "output")]
             assert await client.history("none") is None

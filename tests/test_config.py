@@ -135,6 +135,8 @@ BAD_SETTINGS: list[tuple[str, Callable[[Path], str], str]] = [
     ("PLASMA_JOB_TIMEOUT", lambda _: "0", "positive"),
     ("PLASMA_SHUTDOWN_GRACE", lambda _: "soon", "could not convert"),
     ("PLASMA_HISTORY_POLL", lambda _: "-1", "positive"),
+    ("PLASMA_COMFYUI_HANG", lambda _: "0", "positive"),
+    ("PLASMA_UNET_DTYPE", lambda _: "fp8", "auto, fp16, fp32"),
 ]
 
 
@@ -149,6 +151,62 @@ def test_a_wrong_setting_is_named(
     expected = "KOHYA_SCRIPT" if words == "set both or neither" else name
     assert err.setting == expected and str(err).startswith(f"{expected}: ")
     assert words in str(err)
+
+
+def test_unet_dtype_is_auto_unless_set(env: dict[str, str]) -> None:
+    assert load_config(env).unet_dtype == "auto"
+    assert load_config({**env, "PLASMA_UNET_DTYPE": "fp16"}).unet_dtype == "fp16"
+    assert load_config({**env, "PLASMA_COMFYUI_HANG": "2.5"}).comfyui_hang_s == 2.5
+
+
+def _managed(env: dict[str, str], tmp_path: Path, args: str) -> dict[str, str]:
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir(exist_ok=True)
+    (comfy / "main.py").write_text("")
+    return {
+        **env,
+        "COMFYUI_MANAGED": "1",
+        "COMFYUI_DIR": str(comfy),
+        "COMFYUI_PYTHON": sys.executable,
+        "COMFYUI_URL": "http://127.0.0.1:8189",
+        "COMFYUI_ARGS": args,
+    }
+
+
+# Managed mode: COMFYUI_ARGS come after our --listen 127.0.0.1 --port N, and argparse keeps the last
+# (and takes unambiguous prefixes): each of these would bind ComfyUI beyond loopback, or elsewhere.
+REFUSED_ARGS = [
+    ("--listen 0.0.0.0", "beyond loopback"),
+    ("--listen", "beyond loopback"),  # bare: ComfyUI's const is 0.0.0.0,::
+    ("--cpu --listen --port 8189", "beyond loopback"),
+    ("--listen=0.0.0.0", "beyond loopback"),
+    ("--listen 127.0.0.1,192.168.1.5", "beyond loopback"),
+    ("--listen ::", "beyond loopback"),
+    ("--lis 0.0.0.0", "beyond loopback"),
+    ("--port 8190", "COMFYUI_URL's port (8189)"),
+    ("--port=9000", "COMFYUI_URL's port (8189)"),
+    ("--por 9000", "COMFYUI_URL's port (8189)"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), REFUSED_ARGS, ids=[a for a, _ in REFUSED_ARGS])
+def test_managed_comfyui_args_cannot_bind_beyond_loopback(
+    env: dict[str, str], tmp_path: Path, args: str, words: str
+) -> None:
+    err = config_error(_managed(env, tmp_path, args))
+    assert err.setting == "COMFYUI_ARGS" and words in str(err)
+
+
+@pytest.mark.parametrize(
+    "args", ["--cpu", "--listen 127.0.0.1", "--listen=localhost", "--listen 127.0.0.1,::1", "--port 8189",
+             "--cpu --output-directory /tmp/out --preview-method auto"],
+)
+def test_managed_comfyui_args_on_loopback_are_fine(env: dict[str, str], tmp_path: Path, args: str) -> None:
+    assert load_config(_managed(env, tmp_path, args)).comfyui_args == tuple(args.split())
+
+
+def test_comfyui_args_are_not_judged_for_a_comfyui_we_do_not_run(env: dict[str, str]) -> None:
+    assert load_config({**env, "COMFYUI_ARGS": "--listen 0.0.0.0"}).comfyui_args == ("--listen", "0.0.0.0")
 
 
 def test_kohya_script_without_python_names_python(env: dict[str, str], tmp_path: Path) -> None:
@@ -237,6 +295,14 @@ def test_daemon_with_a_bad_setting_exits_2_naming_it(env: dict[str, str]) -> Non
     assert line == "plasmad: configuration error: PLASMA_HTTP_PORT: 70000 is not a TCP port"
     assert done.stdout == ""
     assert not Path(env["PLASMA_STATE_DIR"]).exists()  # it stopped before touching anything
+
+
+def test_daemon_refuses_a_managed_comfyui_on_the_network(env: dict[str, str], tmp_path: Path) -> None:
+    done = run_daemon(_managed(env, tmp_path, "--cpu --listen 0.0.0.0"))
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("plasmad: configuration error: COMFYUI_ARGS: --listen 0.0.0.0 would let ComfyUI")
+    assert "no authentication" in line
 
 
 @pytest.fixture

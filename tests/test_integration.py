@@ -43,6 +43,8 @@ def test_health_sees_the_real_comfyui(daemon: DaemonProcess) -> None:
     assert health["status"] == "ok" and health["comfyui"] is True and health["mps"] is False
     assert health["comfyuiInfo"]["version"] == "0.3.75"
     assert health["comfyuiInfo"]["fp32Vae"] is True
+    assert health["unetDtype"]["setting"] == "auto" and health["unetDtype"]["value"] == "fp32"
+    assert "cpu" in health["unetDtype"]["why"]
 
 
 def test_a_page_lands_in_the_pipeline_files_and_never_overwrites(daemon: DaemonProcess) -> None:
@@ -55,7 +57,7 @@ def test_a_page_lands_in_the_pipeline_files_and_never_overwrites(daemon: DaemonP
     # The exact graph that was sent: our seed, our LoRA, fp16 UNet in the graph.
     classes = {n["class_type"]: n["inputs"] for n in workflow.values()}
     assert classes["KSampler"]["seed"] == 7 and classes["LoraLoader"]["lora_name"] == DEMO_LORA
-    assert classes["ModelComputeDtype"]["dtype"] == "fp32"  # as configured for this CPU
+    assert classes["ModelComputeDtype"]["dtype"] == "fp32"  # PLASMA_UNET_DTYPE=auto, on this CPU
 
     second = daemon.wait_job(submit(daemon, chapter=1, page=1, loraId=DEMO_LORA, seed=7)["id"])
     assert second["outputs"] == [str(raw / "ch01_p001_v2.png")]
@@ -91,11 +93,12 @@ def test_a_page_lands_in_the_pipeline_files_and_never_overwrites(daemon: DaemonP
     )
 
 
-def test_the_unet_runs_at_fp16_by_default(
+def test_an_explicit_fp16_unet_wins_over_auto(
     comfyui: ComfyServer, daemon_env: DaemonEnv, start_daemon: Any
 ) -> None:
-    del daemon_env.env["PLASMA_UNET_DTYPE"]
-    d: DaemonProcess = start_daemon(COMFYUI_URL=comfyui.url, COMFYUI_DIR=str(comfyui.dir))
+    d: DaemonProcess = start_daemon(
+        COMFYUI_URL=comfyui.url, COMFYUI_DIR=str(comfyui.dir), PLASMA_UNET_DTYPE="fp16"
+    )
     job = d.wait_job(submit(d, loraId=DEMO_LORA)["id"], 300)
     assert job["status"] == "succeeded", job
     _, graph = d.http("GET", f"/jobs/{job['id']}/workflow")

@@ -226,7 +226,7 @@ async def test_bench_runs_the_bar_through_the_normal_queue(api: Api) -> None:
     assert isinstance(result["secondsPerImage"], float) and result["secondsPerImage"] < 120
     assert result["device"] == {"name": "cpu", "type": "cpu"}
     assert result["versions"]["comfyui"] == "0.3.75-fake" and result["versions"]["plasmad"]
-    assert result["unetDtype"] == api.cfg.unet_dtype
+    assert result["unetDtype"] == "fp32"  # PLASMA_UNET_DTYPE=auto, on the FAKE ComfyUI's cpu
     # The job itself ran on the base template, as any generation would.
     finished = await api.job(job["id"])
     assert finished["result"]["template"] == "txt2img-base"
@@ -357,7 +357,8 @@ async def test_a_jobs_log_tells_what_happened_to_it(api: Api, job_log_handler: P
     assert log["source"] == "job" and log["job"] == job_id and log["exists"] is True
     text = "\n".join(log["lines"])
     seed = (await api.job(job_id))["seed"]
-    assert log["lines"][0].endswith(f"job {job_id} queued (txt2img-base, seed {seed})")
+    # Which UNet precision it got, and why (PLASMA_UNET_DTYPE=auto, on the FAKE ComfyUI's cpu).
+    assert f"job {job_id} queued (txt2img-base, seed {seed}, UNet fp32: auto: " in log["lines"][0]
     assert f"job {job_id} started (generate, attempt 1" in text
     assert "sending prompt" in text and "ComfyUI ran prompt" in text and "2 steps" in text
     assert f"job {job_id} succeeded" in text

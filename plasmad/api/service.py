@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.monitor import ComfyMonitor
 from plasmad.comfy.process import ManagedComfyUI
 from plasmad.comfy.templates import TemplateSet
-from plasmad.context import Core
+from plasmad.context import ComfyGate, Core
 from plasmad.core.config import Config
 from plasmad.core.gpu_lock import GpuLock
 from plasmad.core.job_queue import JobQueue
 from plasmad.core.states import JobKind
-from plasmad.core.store import JobStore
+from plasmad.core.store import Job, JobStore
 from plasmad.core.wire_views import BenchRecord, DoctorView, checked
 from plasmad.dataset.ops import DatasetOps
 from plasmad.generation.handler import GenerationHandler
@@ -125,9 +126,23 @@ def build_service(
     process: ManagedComfyUI | None = None,
 ) -> Service:
     """The daemon's objects, wired: a queue with a handler per job kind, the Core every feature
-    shares, and the operations over it. Nothing runs yet (the queue is started by the caller)."""
+    shares, and the operations over it. Nothing runs yet (the caller starts the ComfyUI monitor,
+    then the queue)."""
     queue = JobQueue(store, GpuLock())
-    core = Core(cfg, store, queue, queue.gpu, comfy, templates, process)
+    monitor = ComfyMonitor(
+        comfy,
+        queue.events,
+        state_file=cfg.state_dir / "comfyui.json",
+        templates_dir=cfg.templates_dir,
+        process=process,
+    )
+    core = Core(cfg, store, queue, queue.gpu, comfy, templates, monitor, process)
     queue.handle(JobKind.GENERATE, GenerationHandler(core))
     queue.handle(JobKind.TRAIN, TrainingHandler(core))
+    queue.gate = ComfyGate(monitor, _needs_comfyui)
     return Service(core)
+
+
+def _needs_comfyui(job: Job) -> bool:
+    """Whether a job can only start while ComfyUI answers (all but a kohya training)."""
+    return job.kind != JobKind.TRAIN or TrainingHandler.needs_comfyui(job)

@@ -5,6 +5,11 @@ prompt can fire unheard. But events get lost (a dropped socket, a socket gone si
 so completion is always confirmed from `/history/<prompt_id>`, and while the socket says nothing
 the history is polled. Our own prompt_id is sent with the prompt (ComfyUI takes it), so a job
 stored before the POST can be found again after a crash of either side.
+
+Away, not slow: no call waits longer than it takes to tell (seconds: a local ComfyUI answers in
+milliseconds even while it renders, its HTTP server runs beside the executor). A ComfyUI that is
+gone, forgot our prompt (it restarted) or hung (`hang_s` of silence and no answer) raises
+`ComfyAway`, which a job survives: it waits for ComfyUI and tries again (plasmad.generation.attempts).
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 
+from plasmad.comfy.answers import ComfyAway, describe, outcome, rejection_message, unavailable
+from plasmad.comfy.answers import ImageRef as ImageRef
 from plasmad.core.errors import ErrorCode, PlasmaError
 
 log = logging.getLogger(__name__)
@@ -34,30 +40,34 @@ _WS_GONE = frozenset(
 #: within the poll interval, or the socket's end. All but "event" send the wait to the history.
 _Heard = Literal["event", "ended", "silence", "dropped"]
 
-
-@dataclass(frozen=True)
-class ImageRef:
-    filename: str
-    subfolder: str
-    type: str
-
-
-def unavailable(base_url: str, exc: BaseException | str) -> PlasmaError:
-    return PlasmaError(ErrorCode.COMFYUI_UNAVAILABLE, f"ComfyUI at {base_url} did not answer: {exc}")
+HTTP_TIMEOUT_S = 10.0  #: a command (POST /prompt, /object_info, /free)
+PROBE_TIMEOUT_S = 5.0  #: a question that tells alive from away (/system_stats, /history, /queue)
+WS_CONNECT_TIMEOUT_S = 5.0
+VIEW_TIMEOUT_S = 30.0  #: an image download (a few MB from a local server)
+HANG_S = 60.0  #: silence while a prompt runs before ComfyUI is asked whether it still answers
 
 
 class ComfyClient:
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, history_poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        history_poll_s: float = 1.0,
+        hang_s: float = HANG_S,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._ws_url = "ws" + self.base_url[len("http") :] + "/ws"
         self._session = session
         self._poll = history_poll_s
+        self.hang_s = hang_s
+        #: A tight hang limit (tests) asks for quick answers too.
+        self.probe_timeout_s = min(PROBE_TIMEOUT_S, max(hang_s / 2, 1.0))
         self._object_info: dict[str, Any] = {}
 
     # --- plain HTTP ---------------------------------------------------------------------------------
 
     async def _request(
-        self, method: str, path: str, *, json_body: Any = None, timeout: float = 30.0
+        self, method: str, path: str, *, json_body: Any = None, timeout: float = HTTP_TIMEOUT_S
     ) -> tuple[int, Any]:
         try:
             async with self._session.request(
@@ -68,16 +78,16 @@ class ComfyClient:
                     return resp.status, json.loads(body)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-            raise unavailable(self.base_url, exc or type(exc).__name__) from exc
+            raise unavailable(self.base_url, exc, timeout) from exc
 
-    async def _get_json(self, path: str, timeout: float = 30.0) -> Any:
+    async def _get_json(self, path: str, timeout: float = HTTP_TIMEOUT_S) -> Any:
         status, body = await self._request("GET", path, timeout=timeout)
         if status != 200 or isinstance(body, bytes):
             raise unavailable(self.base_url, f"GET {path} answered HTTP {status}")
         return body
 
-    async def system_stats(self, timeout: float = 5.0) -> dict[str, Any]:
-        body = await self._get_json("/system_stats", timeout=timeout)
+    async def system_stats(self, timeout: float | None = None) -> dict[str, Any]:
+        body = await self._get_json("/system_stats", timeout=timeout or self.probe_timeout_s)
         return body if isinstance(body, dict) else {}
 
     async def object_info(self, node_class: str) -> dict[str, Any]:
@@ -111,12 +121,12 @@ class ComfyClient:
         return []
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
-        body = await self._get_json(f"/history/{prompt_id}")
+        body = await self._get_json(f"/history/{prompt_id}", timeout=self.probe_timeout_s)
         entry = body.get(prompt_id) if isinstance(body, dict) else None
         return entry if isinstance(entry, dict) else None
 
     async def queue(self) -> dict[str, Any]:
-        body = await self._get_json("/queue")
+        body = await self._get_json("/queue", timeout=self.probe_timeout_s)
         return body if isinstance(body, dict) else {}
 
     async def in_queue(self, prompt_id: str) -> bool:
@@ -126,8 +136,9 @@ class ComfyClient:
 
     async def interrupt(self, prompt_id: str) -> None:
         """Stop this prompt only: interrupt it if it runs, drop it if it still waits in ComfyUI's queue."""
-        await self._request("POST", "/queue", json_body={"delete": [prompt_id]})
-        await self._request("POST", "/interrupt", json_body={"prompt_id": prompt_id})
+        timeout = self.probe_timeout_s
+        await self._request("POST", "/queue", json_body={"delete": [prompt_id]}, timeout=timeout)
+        await self._request("POST", "/interrupt", json_body={"prompt_id": prompt_id}, timeout=timeout)
 
     async def free(self) -> None:
         """Unload models so that a trainer has the memory."""
@@ -135,7 +146,7 @@ class ComfyClient:
 
     async def view(self, image: ImageRef) -> bytes:
         params = f"filename={_q(image.filename)}&subfolder={_q(image.subfolder)}&type={_q(image.type)}"
-        status, body = await self._request("GET", f"/view?{params}", timeout=120.0)
+        status, body = await self._request("GET", f"/view?{params}", timeout=VIEW_TIMEOUT_S)
         if status != 200 or not isinstance(body, bytes):
             raise PlasmaError(
                 ErrorCode.COMFYUI_REJECTED, f"ComfyUI has no image {image.filename} (HTTP {status})"
@@ -169,13 +180,20 @@ class ComfyClient:
         client_id = uuid.uuid4().hex
         ws: aiohttp.ClientWebSocketResponse | None
         try:
-            ws = await self._session.ws_connect(
-                f"{self._ws_url}?clientId={client_id}",
-                heartbeat=30.0,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-            )
+            # The session's own connect timeout is 300 s: a stopped ComfyUI accepts the TCP
+            # connection (the kernel does) and never answers the upgrade.
+            async with asyncio.timeout(WS_CONNECT_TIMEOUT_S):
+                ws = await self._session.ws_connect(
+                    f"{self._ws_url}?clientId={client_id}",
+                    heartbeat=30.0,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise unavailable(self.base_url, exc or "WebSocket connect timed out") from exc
+            raise ComfyAway(
+                self.base_url,
+                f"did not open its WebSocket: {describe(exc, WS_CONNECT_TIMEOUT_S)}",
+                timed_out=isinstance(exc, TimeoutError),
+            ) from exc
         try:
             await self.submit(graph, prompt_id, client_id)  # only now: the socket already listens
             return await self.wait(
@@ -201,15 +219,18 @@ class ComfyClient:
         soon as ComfyUI's queue no longer holds it.
         """
         deadline = time.monotonic() + timeout
+        watch = _Watch(self, prompt_id, cancelled)
         while True:
             if time.monotonic() > deadline:
                 raise PlasmaError(
                     ErrorCode.COMFYUI_UNAVAILABLE,
-                    f"ComfyUI did not finish prompt {prompt_id} within {timeout:.0f} s",
+                    f"ComfyUI did not finish prompt {prompt_id} within {timeout:.0f} s (PLASMA_JOB_TIMEOUT)",
                 )
             heard: _Heard = "silence"
             if ws is not None and not ws.closed:
                 heard = await self._listen(ws, prompt_id, on_progress)
+                if heard in ("event", "ended"):
+                    watch.alive()
                 if heard == "event":
                     continue  # keep draining events; history is asked on silence or the end
                 if heard == "dropped":
@@ -217,15 +238,21 @@ class ComfyClient:
                     ws = None
             else:
                 await asyncio.sleep(self._poll)
-            entry = await self._history_after(prompt_id, ended=heard == "ended")
+            entry = await watch.poll(ended=heard == "ended", socket=ws is not None and not ws.closed)
             if entry is not None:
                 status = entry.get("status", {})
                 if status.get("completed") or status.get("status_str") in ("success", "error"):
                     return outcome(prompt_id, entry, require_images)
-            elif cancelled is not None and cancelled.is_set() and not await self.in_queue(prompt_id):
-                raise PlasmaError(
-                    ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started"
-                )
+
+    async def responsive(self) -> str | None:
+        """None when ComfyUI's server answers `/system_stats` and `/queue` within the probe
+        timeout; else why not."""
+        try:
+            await self.system_stats()
+            await self.queue()
+        except ComfyAway as exc:
+            return exc.reason
+        return None
 
     async def _listen(
         self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str, on_progress: ProgressCallback
@@ -241,7 +268,7 @@ class ComfyClient:
             return "dropped"
         return "event"  # binary previews
 
-    async def _history_after(self, prompt_id: str, *, ended: bool) -> dict[str, Any] | None:
+    async def history_after(self, prompt_id: str, *, ended: bool) -> dict[str, Any] | None:
         """The prompt's history entry; after its end event, retried briefly until it is written."""
         entry = await self.history(prompt_id)
         if entry is None and ended:
@@ -271,52 +298,61 @@ class ComfyClient:
         return kind in TERMINAL_EVENTS
 
 
-def outcome(prompt_id: str, entry: dict[str, Any], require_images: bool = True) -> list[ImageRef]:
-    """The images of a finished history entry, or the PlasmaError saying why there are none."""
-    status = entry.get("status", {})
-    if status.get("status_str") == "error" or not status.get("completed", True):
-        raise PlasmaError(
-            ErrorCode.COMFYUI_REJECTED,
-            failure_message(status.get("messages", [])),
-            details={"prompt_id": prompt_id},
+class _Watch:
+    """One prompt's wait: when ComfyUI last showed life, and the checks that tell a prompt still
+    running from one ComfyUI forgot (a restart) or one stuck in a ComfyUI that no longer answers."""
+
+    def __init__(self, client: ComfyClient, prompt_id: str, cancelled: asyncio.Event | None) -> None:
+        self._client = client
+        self._prompt_id = prompt_id
+        self._cancelled = cancelled
+        self._alive_at = time.monotonic()
+
+    def alive(self) -> None:
+        self._alive_at = time.monotonic()
+
+    async def poll(self, *, ended: bool, socket: bool) -> dict[str, Any] | None:
+        """The prompt's history entry, or None while it runs. Raises ComfyAway when ComfyUI is gone,
+        lost the prompt or hung; PlasmaError when the prompt was taken out of its queue (a cancel)."""
+        client, prompt_id = self._client, self._prompt_id
+        try:
+            entry = await client.history_after(prompt_id, ended=ended)
+            self.alive()
+            cancelled = self._cancelled is not None and self._cancelled.is_set()
+            if entry is None and (not socket or cancelled):
+                # No socket, so no end event can come. A prompt neither queued nor in the history is
+                # gone; asked in this order, because ComfyUI moves a finished prompt from its queue to
+                # its history in one step.
+                queued = await client.in_queue(prompt_id)
+                if not queued and (entry := await client.history(prompt_id)) is None:
+                    if cancelled:
+                        raise PlasmaError(
+                            ErrorCode.COMFYUI_REJECTED, "removed from ComfyUI's queue before it started"
+                        )
+                    raise ComfyAway(client.base_url, f"no longer has prompt {prompt_id} (it restarted?)")
+            return entry
+        except ComfyAway as exc:
+            if not exc.timed_out or exc.hung:
+                raise  # refused or reset: the process is gone; or it forgot the prompt
+            await self._unless_hung(exc)
+            return None
+
+    async def _unless_hung(self, exc: ComfyAway) -> None:
+        """A question went unanswered: slow or hung? Hung once nothing has been heard for hang_s and
+        ComfyUI's server does not answer the simplest questions either."""
+        silent = time.monotonic() - self._alive_at
+        if silent < self._client.hang_s:
+            log.info("ComfyUI slow to answer (%s); %.0f s of silence so far", exc.reason, silent)
+            return
+        why = await self._client.responsive()
+        if why is None:
+            self.alive()  # slow, not hung: its server answers
+            return
+        raise ComfyAway(
+            self._client.base_url,
+            f"hung: nothing heard for {silent:.0f} s while prompt {self._prompt_id} ran, and it {why}",
+            hung=True,
         )
-    images = [
-        ImageRef(str(img.get("filename")), str(img.get("subfolder", "")), str(img.get("type", "output")))
-        for node in (entry.get("outputs") or {}).values()
-        for img in (node.get("images") or [])
-        if img.get("type", "output") == "output"
-    ]
-    if not images and require_images:
-        raise PlasmaError(ErrorCode.COMFYUI_REJECTED, f"ComfyUI finished prompt {prompt_id} with no image")
-    return images
-
-
-def failure_message(messages: list[Any]) -> str:
-    for item in messages:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
-            continue
-        name, data = item
-        if name == "execution_error":
-            return (
-                f"ComfyUI failed in {data.get('node_type', '?')} (node {data.get('node_id', '?')}): "
-                f"{data.get('exception_type', '')}: {str(data.get('exception_message', '')).strip()}"
-            )
-        if name == "execution_interrupted":
-            return "interrupted in ComfyUI"
-    return "ComfyUI reported an error without a message"
-
-
-def rejection_message(body: dict[str, Any]) -> str:
-    """ComfyUI's 400 body (error + node_errors) as one line a person can act on."""
-    error = body.get("error") or {}
-    parts = [str(error.get("message", "ComfyUI refused the graph")).rstrip(".")]
-    for node_id, node in (body.get("node_errors") or {}).items():
-        for err in node.get("errors", [])[:2]:
-            parts.append(
-                f"node {node_id} ({node.get('class_type', '?')}): {err.get('message', '')}"
-                f" {err.get('details', '')}".strip()
-            )
-    return "; ".join(parts)
 
 
 def _q(value: str) -> str:

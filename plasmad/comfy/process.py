@@ -6,13 +6,16 @@ stopping it stops everything it started. Its output goes straight to `<state>/lo
 (the child writes the file itself: no file I/O in our event loop), rotated at each start.
 
 Lifecycle, all in one supervisor task:
-- start: spawn, poll `/system_stats` until it answers; `start()` returns then (or when the first
-  child dies, or after START_TIMEOUT_S). A port something else already answers on is refused,
-  unless that is our own child left running by a plasmad that died (its pid file says so and its
-  command line matches): that orphan is stopped first, so a crashed daemon's restart is not locked out.
-- death: the job that was running fails at once with the reason (`guard`), never hangs; the child
-  is restarted after a backoff that doubles up to MAX_BACKOFF_S and resets once a child has run
-  STABLE_AFTER_S. A job that starts while ComfyUI is restarting waits for it.
+- start: spawn, poll `/system_stats` until it answers (or the first child dies, or
+  START_TIMEOUT_S). A port something else answers on is refused, unless that is our own child
+  left by a plasmad that died (`orphans`): that one is stopped first.
+- death: the job that was running learns at once (`guard` raises ComfyAway: it waits for the
+  restart and tries again); the child is restarted after a backoff that doubles up to
+  MAX_BACKOFF_S and resets once a child has run STABLE_AFTER_S.
+- hang: a child that stops answering (the monitor or a job's wait says so) is killed with
+  SIGKILL (`kill_hung`; a stopped process ignores SIGTERM) and restarted like a dead one.
+- pause: stopped while a kohya training runs (that frees its whole process, not only its
+  models), started again after (`resume`).
 - stop: SIGTERM to the group, STOP_TIMEOUT_S to exit, then SIGKILL to the group.
 """
 
@@ -24,15 +27,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from plasmad.comfy import comfy_log, orphans
+from plasmad.comfy.answers import ComfyAway
 from plasmad.comfy.client import ComfyClient
 from plasmad.core import processes
-from plasmad.core.errors import ErrorCode, PlasmaError
+from plasmad.core.errors import PlasmaError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,6 @@ STOP_TIMEOUT_S = 10.0  #: SIGTERM -> SIGKILL; the service files' stop timeouts a
 READY_POLL_S = 0.5
 #: The socket can report a dead ComfyUI a moment before its exit status is collected.
 EXIT_SETTLE_S = 2.0
-LOG_ROTATE_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 3
 
 
 class ManagedStartError(Exception):
@@ -71,32 +74,6 @@ def describe_exit(code: int | None) -> str:
         hint = ", often a sign of running out of memory" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit {code}"
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` (an orphan: launchd / init reaps it once it exits) still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _rotate(path: Path) -> None:
-    """Keep comfyui.log bounded: the child appends to it, so it is rotated before each start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if path.stat().st_size < LOG_ROTATE_BYTES:
-            return
-    except FileNotFoundError:
-        return
-    for n in range(LOG_BACKUPS - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{n}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
-    os.replace(path, path.with_name(f"{path.name}.1"))
 
 
 def _now() -> str:
@@ -137,11 +114,19 @@ class ManagedComfyUI:
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         self._exited_once = asyncio.Event()
+        self._pause = asyncio.Event()  #: set: the child is to stop and stay stopped (a training)
+        self._unpaused = asyncio.Event()  #: the reverse of _pause, to wait on
+        self._unpaused.set()
         self._exit: asyncio.Future[int] | None = None  #: the current child's exit status
+        self._hung: str | None = None  #: why the current child was killed as hung
+        self.paused: str | None = None  #: what it is stopped for ("training t_…"), or None
+        #: Called when the child starts answering or ends (the monitor asks ComfyUI again then).
+        self.on_change: Callable[[], None] | None = None
         self.restarts = 0
-        self.state = "stopped"  #: starting / running / restarting / stopping / stopped / failed
+        self.state = "stopped"  #: starting / running / restarting / paused / stopping / stopped / failed
         self.last_exit: int | None = None
         self.last_exit_at: str | None = None
+        self.last_exit_reason: str | None = None
         self.started_at: str | None = None
         self.error: str | None = None
         self.restart_delay_s: float | None = None  #: the backoff before the latest restart
@@ -163,13 +148,18 @@ class ManagedComfyUI:
             "restarts": self.restarts,
             "restartDelayS": self.restart_delay_s,
             "lastExit": self.last_exit,
-            "lastExitReason": describe_exit(self.last_exit) if self.last_exit is not None else None,
+            "lastExitReason": self.last_exit_reason,
             "lastExitAt": self.last_exit_at,
             "startedAt": self.started_at,
+            "pausedFor": self.paused,
             "error": self.error,
             "argv": self.argv,
             "log": str(self.log_path),
         }
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # --- start and supervise ----------------------------------------------------------------------
 
@@ -182,7 +172,7 @@ class ManagedComfyUI:
         spawned at all.
         """
         if await self._answers():
-            orphan = await self._orphan()
+            orphan = await orphans.find_orphan(self.pid_path, self.argv)
             if orphan is None:
                 raise ManagedStartError(
                     f"something already answers at {self.url} (a ComfyUI you started yourself?): stop it, "
@@ -191,7 +181,7 @@ class ManagedComfyUI:
             log.warning(
                 "ComfyUI pid %d, left running by an earlier plasmad, holds %s: stopping it", orphan, self.url
             )
-            await self._stop_orphan(orphan)
+            await orphans.stop_orphan(orphan, self._answers, self.stop_timeout_s)
         self._task = asyncio.create_task(self._supervise(), name="comfyui-supervisor")
         ready = asyncio.create_task(self._ready.wait())
         died = asyncio.create_task(self._exited_once.wait())
@@ -204,20 +194,13 @@ class ManagedComfyUI:
             died.cancel()
         if self._task.done() and self.state == "failed":
             raise ManagedStartError(self.error or "cannot start ComfyUI")
-        if self._ready.is_set() or (ready.done() and not ready.cancelled()):
+        if self._ready.is_set():
             return  # it answered (it may have died since: the supervisor deals with that)
         if self._exited_once.is_set():
-            log.error(
-                "ComfyUI exited (%s) before it answered; retrying with backoff (see %s)",
-                describe_exit(self.last_exit),
-                self.log_path,
-            )
+            why = f"exited ({describe_exit(self.last_exit)}) before it answered"
         else:
-            log.error(
-                "ComfyUI did not answer within %.0f s; still waiting (see %s)",
-                self._start_timeout,
-                self.log_path,
-            )
+            why = f"did not answer within {self._start_timeout:.0f} s"
+        log.error("ComfyUI %s; still trying (see %s)", why, self.log_path)
 
     async def _answers(self) -> bool:
         try:
@@ -226,45 +209,8 @@ class ManagedComfyUI:
             return False
         return True
 
-    async def _orphan(self) -> int | None:
-        """The pid of our own earlier child if it still runs, judged by pid file and command line."""
-        try:
-            text = await asyncio.to_thread(self.pid_path.read_text)
-            pid = int(text.strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            ps = await asyncio.create_subprocess_exec(
-                "ps",
-                "-ww",  # the whole command line, whatever COLUMNS says
-                "-o",
-                "command=",
-                "-p",
-                str(pid),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await asyncio.wait_for(ps.communicate(), 10.0)
-        except (OSError, TimeoutError):
-            return None
-        command = out.decode("utf-8", "replace")
-        port = self.argv[self.argv.index("--port") + 1]
-        # A recycled pid is someone else's process: only ours has this script and this port.
-        return pid if "main.py" in command and f"--port {port}" in command else None
-
-    async def _stop_orphan(self, pid: int) -> None:
-        async def gone() -> bool:
-            return not await self._answers() and not _alive(pid)
-
-        ended = processes.polled(gone, 0.2)
-        killed = await processes.stop_groups([pid], ended, self.stop_timeout_s)
-        # Then the port must come free: SIGKILL again each stop_timeout_s until it is.
-        while killed and not await ended(self.stop_timeout_s):
-            processes.signal_group(pid, signal.SIGKILL)
-
     async def _spawn(self) -> asyncio.subprocess.Process:
-        await asyncio.to_thread(_rotate, self.log_path)
+        await asyncio.to_thread(comfy_log.rotate, self.log_path)
         log_file = await asyncio.to_thread(self.log_path.open, "ab")
         try:
             return await asyncio.create_subprocess_exec(
@@ -281,53 +227,22 @@ class ManagedComfyUI:
 
     async def _supervise(self) -> None:
         backoff = self._backoff
-        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
-            self.state = "starting"
-            try:
-                proc = await self._spawn()
-            except OSError as exc:
-                self.error = f"cannot start ComfyUI ({self.argv[0]}): {exc}"
-                log.error("%s", self.error)
-                self.state = "failed"
-                return
-            self._proc = proc
-            await asyncio.to_thread(self.pid_path.write_text, f"{proc.pid}\n")
-            self._exit = loop.create_future()
-            self.started_at = _now()
-            self.error = None
-            log.info("ComfyUI started (pid %d): %s", proc.pid, " ".join(self.argv))
+            if self.paused:
+                self.state = "paused"
+                await processes.first_done(self._stop.wait(), self._unpaused.wait())
+                continue
             started = time.monotonic()
-            exited = asyncio.create_task(proc.wait())
-            stopping = asyncio.create_task(self._stop.wait())
-            try:
-                while not exited.done() and not self._stop.is_set():
-                    try:
-                        await self._client.system_stats(timeout=2.0)
-                    except PlasmaError:
-                        await asyncio.wait({exited, stopping}, timeout=READY_POLL_S)
-                        continue
-                    self.state = "running"
-                    self._client.forget_object_info()  # a new ComfyUI may have other nodes and models
-                    self._ready.set()
-                    log.info("ComfyUI answers at %s (pid %d)", self.url, proc.pid)
-                    break
-                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not exited.done():
-                    await self._terminate(proc, exited)
-                code = await exited
-            finally:
-                stopping.cancel()
-            # Leftovers of its group (a worker that outlived the leader) would hold the port.
-            processes.signal_group(proc.pid, signal.SIGKILL)
-            self._ready.clear()
-            self.last_exit, self.last_exit_at = code, _now()
-            self._exit.set_result(code)
-            self._exited_once.set()
+            code = await self._run_child()
+            if code is None:
+                return  # it cannot be spawned at all: state "failed"
             if self._stop.is_set():
                 log.info("ComfyUI stopped (%s)", describe_exit(code))
                 await asyncio.to_thread(self.pid_path.unlink, True)
                 break
+            if self.paused:
+                log.info("ComfyUI stopped for %s (%s)", self.paused, describe_exit(code))
+                continue
             if time.monotonic() - started > self._stable_after:
                 backoff = self._backoff
             self.restarts += 1
@@ -335,15 +250,63 @@ class ManagedComfyUI:
             self.restart_delay_s = backoff
             log.error(
                 "ComfyUI stopped unexpectedly (%s); restart %d in %.1f s (see %s)",
-                describe_exit(code),
-                self.restarts,
-                backoff,
-                self.log_path,
-            )
+                self.last_exit_reason, self.restarts, backoff, self.log_path,
+            )  # fmt: skip
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
             backoff = min(backoff * 2, self._max_backoff)
         self.state = "stopped"
+
+    async def _run_child(self) -> int | None:
+        """One child's life: spawn, wait until it answers, then until it ends (or is to end); its
+        exit status, or None when it cannot be spawned."""
+        self.state = "starting"
+        try:
+            proc = await self._spawn()
+        except OSError as exc:
+            self.error = f"cannot start ComfyUI ({self.argv[0]}): {exc}"
+            log.error("%s", self.error)
+            self.state = "failed"
+            return None
+        self._proc, self._hung = proc, None
+        await asyncio.to_thread(self.pid_path.write_text, f"{proc.pid}\n")
+        self._exit = asyncio.get_running_loop().create_future()
+        self.started_at, self.error = _now(), None
+        log.info("ComfyUI started (pid %d): %s", proc.pid, " ".join(self.argv))
+        exited = asyncio.create_task(proc.wait())
+        try:
+            if await self._until_ready(proc, exited):
+                await processes.first_done(exited, self._stop.wait(), self._pause.wait())
+            if not exited.done():
+                await self._terminate(proc, exited)
+            code = await exited
+        finally:
+            exited.cancel()
+        # Leftovers of its group (a worker that outlived the leader) would hold the port.
+        processes.signal_group(proc.pid, signal.SIGKILL)
+        self._ready.clear()
+        self.last_exit, self.last_exit_at = code, _now()
+        self.last_exit_reason = self._reason(code)
+        self._exit.set_result(code)
+        self._exited_once.set()
+        self._changed()
+        return code
+
+    async def _until_ready(self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]) -> bool:
+        """Poll until the child answers (True), or it ends or is to end first (False)."""
+        while not exited.done() and not self._stop.is_set() and not self._pause.is_set():
+            if not await self._answers():
+                ends = (exited, self._stop.wait(), self._pause.wait())
+                await processes.first_done(*ends, timeout=READY_POLL_S)
+                continue
+            self.state = "running"
+            self._client.forget_object_info()  # a new ComfyUI may have other nodes and models
+            self._ready.set()
+            log.info("ComfyUI answers at %s (pid %d)", self.url, proc.pid)
+            self._changed()
+            return True
+        return False
 
     async def _terminate(self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]) -> None:
         self.state = "stopping"
@@ -364,28 +327,65 @@ class ManagedComfyUI:
                 await task
         self.state = "stopped"
 
+    # --- hangs and trainings ------------------------------------------------------------------------
+
+    async def kill_hung(self, why: str) -> None:
+        """The child stopped answering: SIGKILL its group (SIGTERM waits in a stopped process's
+        queue); the supervisor restarts it as after any death."""
+        pid = self.pid
+        if pid is None or self._hung is not None or self.state != "running":
+            return  # not running (a child still loading is the start timeout's), or already being killed
+        self._hung = why
+        log.error("ComfyUI (pid %d) hung: %s; killing it, plasmad starts it again", pid, why)
+        processes.signal_group(pid, signal.SIGKILL)
+        exit_status = self._exit
+        if exit_status is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.stop_timeout_s):
+                    await asyncio.shield(exit_status)
+
+    async def pause(self, why: str) -> None:
+        """Stop the child and keep it stopped until `resume` (a kohya training needs the memory of
+        the whole process, not only of its models)."""
+        self.paused = why
+        self._unpaused.clear()
+        self._pause.set()
+        exit_status = self._exit
+        if exit_status is not None and self.pid is not None:
+            log.info("stopping ComfyUI for %s", why)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.stop_timeout_s + 5.0):
+                    await asyncio.shield(exit_status)
+        self._changed()
+
+    def resume(self) -> None:
+        """Start the child again after `pause`; the monitor sees it answer."""
+        if self.paused:
+            log.info("starting ComfyUI again after %s", self.paused)
+        self.paused = None
+        self._pause.clear()
+        self._unpaused.set()
+
     # --- jobs ---------------------------------------------------------------------------------------
 
-    def _died(self, code: int) -> PlasmaError:
-        return PlasmaError(
-            ErrorCode.COMFYUI_UNAVAILABLE,
-            f"ComfyUI stopped ({describe_exit(code)}) while running this job; plasmad is restarting it "
-            f"(see {self.log_path}). Submit the job again once `plasmactl health` shows ComfyUI up.",
+    def _reason(self, code: int) -> str:
+        return f"killed by plasmad: hung ({self._hung})" if self._hung else describe_exit(code)
+
+    def _died(self, code: int) -> ComfyAway:
+        return ComfyAway(
+            self.url,
+            f"stopped ({self._reason(code)}) while running this job; plasmad restarts it "
+            f"(see {self.log_path})",
             details={"comfyuiExit": code},
         )
 
     async def guard(self, work: Awaitable[T]) -> T:
-        """Run one job's ComfyUI work; if the child dies meanwhile, fail it at once with the reason.
-
-        A job that starts while ComfyUI is (re)starting first waits for it to answer.
-        """
-        if not self._ready.is_set() and self.state in ("starting", "restarting"):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), self._start_timeout + self._max_backoff)
+        """Run one job's ComfyUI work; if the child dies meanwhile, end it at once with ComfyAway
+        saying why (the job waits for the restart and tries again)."""
         exit_status = self._exit
         task = asyncio.ensure_future(work)
-        if exit_status is None:
-            return await task
+        if exit_status is None or exit_status.done():
+            return await task  # no child running now: the work finds that out by itself
         try:
             either: set[asyncio.Future[Any]] = {task, exit_status}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
@@ -399,11 +399,10 @@ class ManagedComfyUI:
             raise self._died(exit_status.result())
         try:
             return task.result()
-        except PlasmaError as exc:
-            if exc.code != ErrorCode.COMFYUI_UNAVAILABLE:
-                raise
+        except ComfyAway as exc:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exit_status), EXIT_SETTLE_S)
+                async with asyncio.timeout(EXIT_SETTLE_S):
+                    await asyncio.shield(exit_status)
             if exit_status.done():
                 raise self._died(exit_status.result()) from exc
             raise

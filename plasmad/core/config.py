@@ -57,13 +57,16 @@ class Config:
     # The one ControlNet model (CTRL-01), a file in COMFYUI_DIR/models/controlnet (INFRA-05's name).
     controlnet: str = "control_v11p_sd15_openpose.pth"
     # GEN-05: the UNet runs at fp16 on the Apple GPU. On a CPU fp16 is ~100x slower than fp32 (a
-    # 3x3 conv: 2.66 s vs 0.02 s), so CPU-only hosts (the demo, CI) set fp32 here.
-    unet_dtype: str = "fp16"
+    # 3x3 conv: 2.66 s vs 0.02 s). `auto`: fp16 where ComfyUI reports an mps or cuda device, fp32
+    # where it reports only a CPU (plasmad.comfy.precision); fp16 / fp32 set it outright.
+    unet_dtype: str = "auto"
     trigger_word: str = "spyke_plasma_v1"
     trainer: str = "auto"  #: kohya | comfyui | auto (kohya when KOHYA_* are set)
     job_timeout_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     history_poll_s: float = 1.0  #: how often /history is asked while the WebSocket says nothing
+    #: Silence while a prompt runs (no event, no HTTP answer) after which ComfyUI counts as hung.
+    comfyui_hang_s: float = 60.0
 
     @property
     def db_path(self) -> Path:
@@ -172,8 +175,8 @@ def _bool(raw: Any) -> bool:
 
 def _dtype(raw: Any) -> str:
     value = str(raw)
-    if value not in ("fp16", "fp32", "bf16", "default"):
-        raise ValueError("must be fp16, fp32, bf16 or default")
+    if value not in ("auto", "fp16", "fp32", "bf16", "default"):
+        raise ValueError("must be auto, fp16, fp32, bf16 or default")
     return value
 
 
@@ -208,6 +211,7 @@ _SETTINGS: dict[str, tuple[str, Any]] = {
     "PLASMA_JOB_TIMEOUT": ("job_timeout_s", _seconds),
     "PLASMA_SHUTDOWN_GRACE": ("shutdown_grace_s", _seconds),
     "PLASMA_HISTORY_POLL": ("history_poll_s", _seconds),
+    "PLASMA_COMFYUI_HANG": ("comfyui_hang_s", _seconds),
 }
 
 
@@ -227,6 +231,7 @@ def _check(cfg: Config) -> Config:
             )
         if not _is_loopback(urlparse(cfg.comfyui_url).hostname or ""):
             raise ConfigError("COMFYUI_URL", "a managed ComfyUI listens on loopback only")
+        _check_managed_args(cfg)
     if (cfg.kohya_python is None) != (cfg.kohya_script is None):
         raise ConfigError(
             "KOHYA_SCRIPT" if cfg.kohya_script is None else "KOHYA_PYTHON", "set both or neither"
@@ -245,6 +250,53 @@ def _check(cfg: Config) -> Config:
     if cfg.trainer == "kohya" and cfg.kohya_python is None:
         raise ConfigError("PLASMA_TRAINER", "kohya needs KOHYA_PYTHON and KOHYA_SCRIPT")
     return cfg
+
+
+# --- COMFYUI_ARGS in managed mode: ComfyUI binds where we say, and nowhere else --------------------
+
+#: ComfyUI's argparse takes unambiguous prefixes (allow_abbrev): `--li` is `--listen`, `--po` is
+#: `--port` (0.3.75's other flags share no longer prefix with them).
+_LISTEN_FLAG = ("--listen", 4)
+_PORT_FLAG = ("--port", 4)
+
+
+def _flag(arg: str, flag: tuple[str, int]) -> tuple[bool, str | None]:
+    """Whether `arg` is `flag` (or a prefix argparse takes for it), and its `=value` if any."""
+    name, _, value = arg.partition("=")
+    full, shortest = flag
+    if len(name) >= shortest and full.startswith(name):
+        return True, value if "=" in arg else None
+    return False, None
+
+
+def _check_managed_args(cfg: Config) -> None:
+    """COMFYUI_ARGS come after our own `--listen 127.0.0.1 --port N`, and argparse keeps the last:
+    a `--listen 0.0.0.0` there would hand the artist's unpublished pages to the network (ComfyUI
+    has no authentication), and another `--port` would leave plasmad asking COMFYUI_URL in vain."""
+    args = list(cfg.comfyui_args)
+    url_port = urlparse(cfg.comfyui_url).port or 8188
+    for i, arg in enumerate(args):
+        nxt = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else None
+        is_listen, value = _flag(arg, _LISTEN_FLAG)
+        if is_listen:
+            # A bare --listen means every interface (ComfyUI's const is "0.0.0.0,::").
+            hosts = (value if value is not None else nxt or "0.0.0.0,::").split(",")
+            if not all(_is_loopback(h.strip().strip("[]")) for h in hosts if h.strip()):
+                raise ConfigError(
+                    "COMFYUI_ARGS",
+                    f"{arg}{'' if value is not None or nxt is None else ' ' + nxt} would let ComfyUI listen "
+                    "beyond loopback, and ComfyUI has no authentication: a managed ComfyUI listens on "
+                    "127.0.0.1 only (run ComfyUI yourself with COMFYUI_MANAGED=0 to decide otherwise)",
+                )
+        is_port, value = _flag(arg, _PORT_FLAG)
+        if is_port:
+            given = value if value is not None else nxt
+            if given is None or not given.isdigit() or int(given) != url_port:
+                raise ConfigError(
+                    "COMFYUI_ARGS",
+                    f"{arg}{'' if value is not None or nxt is None else ' ' + nxt}: a managed ComfyUI "
+                    f"listens on COMFYUI_URL's port ({url_port}); set the port there instead",
+                )
 
 
 def _is_loopback(host: str) -> bool:

@@ -72,6 +72,8 @@ class PlasmaError(Exception):
         field: str | None = None,
         details: Any = None,
     ) -> None:
+        # Every failure says something, even one raised with an empty text (a bug, then).
+        message = message.strip() or f"{code.label.replace('_', ' ')} (no reason was given)"
         super().__init__(message)
         self.code = code
         self.message = message

@@ -45,6 +45,19 @@ class Handler(Protocol):
         """A job found `running` at startup: QUEUED to run it again, or a final state."""
 
 
+class ReadinessGate(Protocol):
+    """What a job needs besides the GPU before it may start: for most jobs, ComfyUI answering.
+
+    The worker asks before it takes the next job, so a job that would only fail now stays queued
+    (and says why: `blocks` is its waitingFor) instead of running into a ComfyUI that is away."""
+
+    def blocks(self, job: Job) -> str | None:
+        """Why `job` cannot start now, for people; None when it can."""
+
+    async def wait(self, job: Job) -> None:
+        """Return once what blocked `job` may have cleared."""
+
+
 class JobQueue:
     def __init__(
         self,
@@ -69,6 +82,8 @@ class JobQueue:
         self._task: asyncio.Task[None] | None = None
         self._current: RunContext | None = None
         self._run_task: asyncio.Task[dict[str, object]] | None = None
+        self.gate: ReadinessGate | None = None  #: set by whoever wires the daemon
+        self._blocked_by: str | None = None  #: what the worker last waited for (logged once)
 
     def handle(self, kind: JobKind, handler: Handler) -> None:
         """Jobs of `kind` are run by `handler` (each feature brings the handler of its jobs)."""
@@ -146,6 +161,7 @@ class JobQueue:
             ):
                 self._ended_event(job, JobStatus.CANCELLED)
                 self._announce_end()
+                self._wake.set()  # the worker may be waiting at the gate for this very job
                 return await self._reload(job.id)
             job = await self._reload(job.id)  # the worker took it meanwhile
         if job.status == JobStatus.RUNNING and self._current and self._current.job.id == job.id:
@@ -214,11 +230,33 @@ class JobQueue:
             if job is None:
                 await self._wake.wait()
                 continue
+            if await self._held_at_gate(job):
+                continue  # read the queue again: the first job may have changed meanwhile
             async with self.gpu.hold(f"{job.kind.value} job {job.id}"):
                 if self._stopping:
                     break
                 with job_context(job.id):  # what is logged while it runs also goes to its own log
                     await self._run_one(job)
+
+    async def _held_at_gate(self, job: Job) -> bool:
+        """Whether `job` had to wait at the readiness gate (until it cleared, a job was added or
+        cancelled, or the queue stops)."""
+        why = self.gate.blocks(job) if self.gate is not None else None
+        if why is None or self.gate is None:
+            self._blocked_by = None
+            return False
+        if why != self._blocked_by:
+            log.info("job %s waits for %s", job.id, why)
+            self._blocked_by = why
+        cleared = asyncio.create_task(self.gate.wait(job))
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({cleared, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (cleared, woken):
+                task.cancel()
+            await asyncio.gather(cleared, woken, return_exceptions=True)
+        return True
 
     async def _run_one(self, job: Job) -> None:
         started = now()

@@ -60,6 +60,14 @@ class FingerprintedFile(StateModel):
 # --------------------------------------------------------------------------------------------------
 
 
+class Attempt(StateModel):
+    """One run of a job in ComfyUI that ComfyUI did not finish (it went away, restarted, hung)."""
+
+    at: str  #: when it ended
+    reason: str  #: what happened, for people
+    prompt_id: str | None = None
+
+
 class GenerationState(StateModel):
     """`job.result` of a generation job."""
 
@@ -76,3 +84,12 @@ class GenerationState(StateModel):
     comfy_image: str | None = None  #: the image's name in ComfyUI's output folder
     files: list[FingerprintedFile] = []  #: hashed while the job waits and renders (issue 12)
     fingerprints: dict[str, Any] | None = None  #: their hashes, as the log entry and the PNG carry them
+    #: The UNet's precision in the graph, and why (PLASMA_UNET_DTYPE; `auto` follows the device).
+    unet_dtype: str | None = None
+    unet_dtype_why: str | None = None
+    #: `auto` before any ComfyUI was seen: decided again when the job starts.
+    unet_dtype_pending: bool = False
+    #: The runs ComfyUI did not finish; the job fails after MAX_ATTEMPTS of them.
+    attempts: list[Attempt] = []
+    #: A managed ComfyUI's log size when the prompt was sent: what it wrote after is this job's.
+    comfy_log_offset: int | None = None

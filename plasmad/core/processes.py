@@ -96,3 +96,15 @@ async def groups_naming(text: str) -> list[int]:
         if text in command and pgid_text.isdigit() and int(pgid_text) not in (own, 0, 1):
             groups.add(int(pgid_text))
     return sorted(groups)
+
+
+async def first_done(*waits: Awaitable[Any], timeout: float | None = None) -> None:
+    """Wait until the first of `waits` is done (or `timeout`): a child's exit, a stop asked for.
+    Coroutines are wrapped in tasks that end with this call; futures passed in are left running."""
+    own = [asyncio.ensure_future(w) for w in waits if not isinstance(w, asyncio.Future)]
+    watched = [*(w for w in waits if isinstance(w, asyncio.Future)), *own]
+    try:
+        await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in own:
+            task.cancel()

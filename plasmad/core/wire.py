@@ -340,7 +340,9 @@ class JobView(FullView):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
-    waiting_for: str | None = None  #: why a queued job has not started (the GPU is held by ...)
+    #: Why a queued job has not started (ComfyUI away, the GPU held by ...), or what a running job
+    #: waits for between two attempts (ComfyUI to come back).
+    waiting_for: str | None = None
     error: dict[str, Any] | None = None
     outputs: list[str] = []  #: image files written (the pipeline's files when chapter+page were given)
     seed: int | None = None

@@ -151,6 +151,7 @@ class ProcessInfo(ViewModel):
     last_exit_reason: str | None = None
     last_exit_at: str | None = None
     started_at: str | None = None
+    paused_for: str | None = None  #: stopped on purpose: what for (a kohya training)
     error: str | None = None
     argv: list[str] | None = None
     log: str | None = None
@@ -166,6 +167,21 @@ class ComfyInfo(ViewModel):
     force_fp16: bool | None = None
     error: str | None = None  #: why ComfyUI did not answer
     process: ProcessInfo
+    # The monitor's view (plasmad.comfy.monitor): whether it answers, since when, and what it offered.
+    answering: bool | None = None
+    since: str | None = None  #: answering (or not) since then
+    since_clock: str | None = None  #: the same, as HH:MM for people
+    checked_seconds_ago: float | None = None  #: the last probe
+    last_seen: str | None = None  #: when ComfyUI last answered
+    catalogue: str | None = None  #: where the samplers and nodes a request is judged by come from
+
+
+class UnetDtypeView(ViewModel):
+    """GEN-05's UNet precision: the setting, what it gives here, and why."""
+
+    setting: str  #: PLASMA_UNET_DTYPE: auto, fp16, fp32...
+    value: str  #: what the graph gets
+    why: str
 
 
 class GpuView(ViewModel):
@@ -235,6 +251,7 @@ class HealthView(ViewModel):
                         "fp32Vae": True,
                         "process": {"managed": False},
                     },
+                    "unetDtype": {"setting": "auto", "value": "fp16", "why": "ComfyUI runs on mps"},
                     "gpu": {"heldBy": None},
                     "queue": {"queued": 0, "running": None},
                     "accepting": True,
@@ -249,6 +266,7 @@ class HealthView(ViewModel):
     comfyui: bool
     mps: bool  #: ComfyUI reports an Apple GPU
     comfyui_info: ComfyInfo
+    unet_dtype: UnetDtypeView
     gpu: GpuView
     queue: QueueView
     accepting: bool  #: false while plasmad is stopping
@@ -389,7 +407,16 @@ class TrainingCheckpointEvent(EventBase):
     path: str
 
 
-class PlasmaEvent(RootModel[JobEvent | TrainingProgressEvent | TrainingCheckpointEvent]):
+class ComfyEvent(EventBase):
+    """comfyui.up / comfyui.down: ComfyUI started or stopped answering (plasmad.comfy.monitor)."""
+
+    type: Literal["comfyui.up", "comfyui.down"]
+    url: str
+    version: str | None = None  #: comfyui.up
+    reason: str | None = None  #: comfyui.down: why it is taken as away
+
+
+class PlasmaEvent(RootModel[JobEvent | TrainingProgressEvent | TrainingCheckpointEvent | ComfyEvent]):
     """The JSON `data` of one Server-Sent Event; the SSE `event` field is its `type`."""
 
 

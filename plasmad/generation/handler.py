@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from plasmad.comfy.client import ImageRef
+from plasmad.comfy.answers import ImageRef
 from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.core.fsutil import check_writable, create_new, replace_atomic, same_content, storage_errors
@@ -32,6 +32,8 @@ from plasmad.core.states import JobStatus
 from plasmad.core.store import Job, now
 from plasmad.core.wire import GenerateRequest
 from plasmad.generation import fingerprints, fresh_run, pipeline_files
+from plasmad.generation.attempts import Attempts
+from plasmad.generation.lora_check import LoraCheck
 from plasmad.generation.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -40,46 +42,72 @@ log = logging.getLogger(__name__)
 class GenerationHandler:
     def __init__(self, core: Core) -> None:
         self._core = core
+        self._loras = LoraCheck(core)
 
     async def run(self, ctx: RunContext) -> dict[str, object]:
-        if self._core.process is None:
-            return await self._run(ctx)
-        # A managed ComfyUI that dies meanwhile fails the job at once, with the reason.
-        return await self._core.process.guard(self._run(ctx))
-
-    async def _run(self, ctx: RunContext) -> dict[str, object]:
         job = ctx.job
         state = GenerationState.model_validate(job.result)
-        comfy, timeout = self._core.comfy, self._core.cfg.job_timeout_s
         await self._check_storage(job, state)  # before ComfyUI spends minutes on it
-        images: list[ImageRef] | None = None
-        if job.prompt_id:
-            images = await self._find_again(job.prompt_id, ctx)
-        if images is None:
-            if ctx.cancelled.is_set():
-                raise PlasmaError(ErrorCode.CONFLICT, "cancelled before it reached ComfyUI")
-            prompt_id = str(uuid.uuid4())
-            # Stored before POST /prompt: after a crash this id finds the prompt in ComfyUI again.
-            await self._core.store.update(job.id, prompt_id=prompt_id)
-            ctx.job.prompt_id = prompt_id
-            timer = StepTimer(ctx.report)  # the benchmark (INFRA-04) reads state.timing
-            await fresh_run.before_render(self._core, state, job.id)  # a reproduction; a replaced model
-            log.info("job %s: sending prompt %s to ComfyUI", job.id, prompt_id)
-            images = await comfy.run(state.graph, prompt_id, timer.report, timeout, cancelled=ctx.cancelled)
-            timer.stop()
-            state.timing = timer.summary()
-            if fresh_run.wanted(state):
-                await fresh_run.check(self._core, prompt_id, state.timing)
-            log.info("job %s: ComfyUI ran prompt %s: %s", job.id, prompt_id, timer.describe())
-        png = await comfy.view(images[0])
+        # ComfyUI going away (a crash, a restart, a hang) costs an attempt, not the job.
+        png = await Attempts(self._core, ctx, state).run(lambda: self._attempt(ctx, state))
         await self._check_image(job, state, png)
         outputs = await self._save(job, state, png)
         log.info("job %s: wrote %s", job.id, ", ".join(outputs))
-        state.outputs, state.comfy_image = outputs, images[0].filename
+        state.outputs = outputs
         return state.dump()
 
+    async def _attempt(self, ctx: RunContext, state: GenerationState) -> bytes:
+        """One attempt: the prompt found again in ComfyUI, or sent (again); its image."""
+        comfy = self._core.comfy
+        images: list[ImageRef] | None = None
+        if ctx.job.prompt_id:
+            images = await self._find_again(ctx.job.prompt_id, ctx)
+        if images is None:
+            images = await self._send(ctx, state)
+        png = await comfy.view(images[0])
+        await self._loras.check(ctx.job, state)
+        state.comfy_image = images[0].filename
+        return png
+
+    async def _send(self, ctx: RunContext, state: GenerationState) -> list[ImageRef]:
+        job = ctx.job
+        if ctx.cancelled.is_set():
+            raise PlasmaError(ErrorCode.CONFLICT, "cancelled before it reached ComfyUI")
+        self._settle_unet_dtype(job, state)
+        prompt_id = str(uuid.uuid4())
+        state.comfy_log_offset = await self._loras.mark()
+        # Stored before POST /prompt: after a crash this id finds the prompt in ComfyUI again.
+        await self._core.store.update(job.id, prompt_id=prompt_id, result=state.dump())
+        ctx.job.prompt_id = prompt_id
+        timer = StepTimer(ctx.report)  # the benchmark (INFRA-04) reads state.timing
+        await fresh_run.before_render(self._core, state, job.id)  # a reproduction; a replaced model
+        log.info("job %s: sending prompt %s to ComfyUI", job.id, prompt_id)
+        images = await self._core.comfy.run(
+            state.graph, prompt_id, timer.report, self._core.cfg.job_timeout_s, cancelled=ctx.cancelled
+        )
+        timer.stop()
+        state.timing = timer.summary()
+        if fresh_run.wanted(state):
+            await fresh_run.check(self._core, prompt_id, state.timing)
+        log.info("job %s: ComfyUI ran prompt %s: %s", job.id, prompt_id, timer.describe())
+        return images
+
+    def _settle_unet_dtype(self, job: Job, state: GenerationState) -> None:
+        """PLASMA_UNET_DTYPE=auto queued before any ComfyUI was seen: decided now, from the device
+        ComfyUI reports (it answers: the job waited for that)."""
+        if not state.unet_dtype_pending:
+            return
+        dtype = self._core.monitor.unet_dtype(self._core.cfg.unet_dtype)
+        template = self._core.templates.get(state.template)
+        for node_id, input_name in template.slots.get("unet_dtype", []):
+            state.graph[node_id]["inputs"][input_name] = dtype.value
+        state.unet_dtype, state.unet_dtype_why = dtype.value, dtype.why
+        state.unet_dtype_pending = not dtype.known
+        log.info("job %s: UNet %s (%s)", job.id, dtype.value, dtype.why)
+
     async def _find_again(self, prompt_id: str, ctx: RunContext) -> list[ImageRef] | None:
-        """After a restart: the prompt's images if ComfyUI has them (or will), None to run it anew."""
+        """An earlier attempt's prompt, if ComfyUI has it (or runs it): its images; None to send it
+        anew (ComfyUI restarted since, or the prompt failed there)."""
         comfy = self._core.comfy
         try:
             if await comfy.history(prompt_id) is not None or await comfy.in_queue(prompt_id):
@@ -176,10 +204,7 @@ class GenerationHandler:
         if ctx.parked:
             return  # leave the prompt running in ComfyUI: the next start finds it by its prompt_id
         if ctx.job.prompt_id:
-            try:
-                await self._core.comfy.interrupt(ctx.job.prompt_id)
-            except PlasmaError as exc:
-                log.warning("could not interrupt prompt %s: %s", ctx.job.prompt_id, exc)
+            await self._core.monitor.interrupt(ctx.job.prompt_id)  # or once ComfyUI is back
 
     async def recover(self, job: Job) -> JobStatus:
         return JobStatus.QUEUED  # run() looks for its prompt_id in ComfyUI before posting again
@@ -205,6 +230,7 @@ def log_entry(req: GenerateRequest, state: GenerationState) -> dict[str, Any]:
         "workflowTemplate": f"{state.template}.json",
         "width": state.width,
         "height": state.height,
+        "unetDtype": state.unet_dtype,
         **state.log_extra,
         "fingerprints": state.fingerprints,  # issue 12
     }

@@ -60,7 +60,7 @@ class GenerationOps:
     async def queue(self, req: GenerateRequest, destination: Destination | None) -> Job:
         """Validate `req` and store it as a queued job (`Core.submit_generation`)."""
         return await self._store(
-            req, await validate_generate(req, self._core.cfg, self._core.comfy), destination
+            req, await validate_generate(req, self._core.cfg, self._core.monitor), destination
         )
 
     async def _store(
@@ -84,11 +84,18 @@ class GenerationOps:
             fields.update(controlnet.job_state(plan.controlnet, template, graph))
         # Fingerprints (issue 12): the files the graph names, hashed from now on in the background;
         # the worker awaits the hashes only when it publishes the image.
-        fields["files"] = await asyncio.to_thread(
-            fingerprints.files_of, template, graph, core.cfg
-        )
+        fields["files"] = await asyncio.to_thread(fingerprints.files_of, template, graph, core.cfg)
         core.hasher.prefetch(Path(f.path) for f in fields["files"])
-        state = GenerationState(template=plan.template, graph=graph, destination=destination, **fields)
+        dtype = plan.unet_dtype
+        state = GenerationState(
+            template=plan.template,
+            graph=graph,
+            destination=destination,
+            unet_dtype=dtype.value,
+            unet_dtype_why=dtype.why,
+            unet_dtype_pending=not dtype.known,
+            **fields,
+        )
         job = Job(
             id=job_id,
             kind=JobKind.GENERATE,
@@ -98,7 +105,10 @@ class GenerationOps:
         )
         await core.queue.add(job)
         # `job_id`: this line opens the job's own log too (plasmad.core.job_logs).
-        log.info("job %s queued (%s, seed %d)", job.id, plan.template, plan.seed, extra={"job_id": job.id})
+        log.info(
+            "job %s queued (%s, seed %d, UNet %s: %s)",
+            job.id, plan.template, plan.seed, dtype.value, dtype.why, extra={"job_id": job.id},
+        )  # fmt: skip
         return job
 
     async def approve(self, body: Any) -> dict[str, Any]:

@@ -5,6 +5,10 @@
 and scheduler ComfyUI offers, the checkpoint and LoRA files and their family (SD 1.5 only, read
 from the safetensors header), and whether the LoRA's modules fit the checkpoint's layers
 (`plasmad.comfy.lora_fit`). Every refusal is a PlasmaError INVALID_INPUT naming the field.
+
+What ComfyUI offers is read from its last known catalogue (the monitor's), never from ComfyUI
+itself: a job is queued whether ComfyUI answers or not. Before refusing a name the catalogue
+lacks, it is read again from ComfyUI if ComfyUI answers (a node installed since, say).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import Any
 
 from plasmad.comfy import inputs as comfy_inputs
 from plasmad.comfy import lora_fit, model_catalog, model_paths
-from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.catalogue import Catalogue
 from plasmad.comfy.model_paths import ModelFolders
+from plasmad.comfy.monitor import ComfyMonitor
+from plasmad.comfy.precision import UnetDtype
 from plasmad.comfy.templates import TXT2IMG_BASE, TXT2IMG_LORA
 from plasmad.core import limits
 from plasmad.core.config import Config
@@ -38,18 +44,20 @@ class GenerationPlan:
     lora_id: str | None
     slots: dict[str, Any]
     request: dict[str, Any]  #: the wire request with seed and checkpoint filled in
+    unet_dtype: UnetDtype  #: the UNet's precision in the graph, and why
     controlnet: ControlNetPlan | None = None  #: its images go into ComfyUI's input/ at submit
 
 
-async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClient) -> GenerationPlan:
+async def validate_generate(req: GenerateRequest, cfg: Config, monitor: ComfyMonitor) -> GenerationPlan:
     _check_request(req, cfg)
-    await _check_sampling(req, comfy)
+    await _check_sampling(req, monitor)
     folders, checkpoint = await _check_models(req, cfg)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
-    slots = _common_slots(req, cfg, seed, checkpoint)
+    unet_dtype = monitor.unet_dtype(cfg.unet_dtype)
+    slots = _common_slots(req, seed, checkpoint, unet_dtype.value)
     cn_plan: ControlNetPlan | None = None
     if req.pose_image_path is not None:
-        cn_plan = await validate_controlnet(req, cfg, comfy, folders)
+        cn_plan = await validate_controlnet(req, cfg, monitor, folders)
         template = controlnet.template_name(lora=req.lora_id is not None, preprocess=cn_plan.preprocess)
         slots.update(cn_plan.slots())
     else:
@@ -71,6 +79,7 @@ async def validate_generate(req: GenerateRequest, cfg: Config, comfy: ComfyClien
         lora_id=req.lora_id,
         slots=slots,
         request=request,
+        unet_dtype=unet_dtype,
         controlnet=cn_plan,
     )
 
@@ -97,14 +106,26 @@ def _check_request(req: GenerateRequest, cfg: Config) -> None:
         check_controlnet_strength(req.controlnet_strength)
 
 
-async def _check_sampling(req: GenerateRequest, comfy: ComfyClient) -> None:
-    """The sampler and scheduler are ones ComfyUI offers (not checked when it lists none)."""
-    samplers = await comfy.input_choices("KSampler", "sampler_name")
-    if samplers and req.sampler not in samplers:
-        raise invalid("sampler", f"{req.sampler!r} is not a ComfyUI sampler", {"choices": samplers})
-    schedulers = await comfy.input_choices("KSampler", "scheduler")
-    if schedulers and req.scheduler not in schedulers:
-        raise invalid("scheduler", f"{req.scheduler!r} is not a ComfyUI scheduler", {"choices": schedulers})
+async def _check_sampling(req: GenerateRequest, monitor: ComfyMonitor) -> None:
+    """The sampler and scheduler are ones ComfyUI offers, as it last said (or, before any ComfyUI
+    was seen, ones ComfyUI 0.3.75 offers)."""
+
+    def unknown(catalogue: Catalogue) -> bool:
+        return req.sampler not in catalogue.samplers or req.scheduler not in catalogue.schedulers
+
+    catalogue = monitor.catalogue
+    if unknown(catalogue):
+        catalogue = await monitor.refresh()
+    if req.sampler not in catalogue.samplers:
+        raise invalid(
+            "sampler", f"{req.sampler!r} is not a ComfyUI sampler", {"choices": list(catalogue.samplers)}
+        )
+    if req.scheduler not in catalogue.schedulers:
+        raise invalid(
+            "scheduler",
+            f"{req.scheduler!r} is not a ComfyUI scheduler",
+            {"choices": list(catalogue.schedulers)},
+        )
 
 
 async def _check_models(req: GenerateRequest, cfg: Config) -> tuple[ModelFolders, str]:
@@ -125,7 +146,7 @@ async def _check_models(req: GenerateRequest, cfg: Config) -> tuple[ModelFolders
     return folders, checkpoint
 
 
-def _common_slots(req: GenerateRequest, cfg: Config, seed: int, checkpoint: str) -> dict[str, Any]:
+def _common_slots(req: GenerateRequest, seed: int, checkpoint: str, unet_dtype: str) -> dict[str, Any]:
     """The slots every template has."""
     return {
         "prompt_text": req.prompt,
@@ -136,12 +157,12 @@ def _common_slots(req: GenerateRequest, cfg: Config, seed: int, checkpoint: str)
         "cfg": req.cfg,
         "sampler": req.sampler,
         "scheduler": req.scheduler,
-        "unet_dtype": cfg.unet_dtype,
+        "unet_dtype": unet_dtype,
     }
 
 
 async def validate_controlnet(
-    req: GenerateRequest, cfg: Config, comfy: ComfyClient, folders: ModelFolders
+    req: GenerateRequest, cfg: Config, monitor: ComfyMonitor, folders: ModelFolders
 ) -> ControlNetPlan:
     """CTRL-01..03: the model, the pose source, the pose and init images (read, not yet copied),
     and the size: `resolution` if given, else the init image's fitted to the limits. Either
@@ -159,7 +180,7 @@ async def validate_controlnet(
     model = names[0]
     await asyncio.to_thread(model_catalog.check_model, folders, "controlnet", model, "controlnet")
     if not req.pose_is_skeleton:
-        controlnet.check_preprocessor(await comfy.object_info(controlnet.PREPROCESSOR_NODE))
+        await _check_preprocessor(monitor)
 
     pose = await asyncio.to_thread(comfy_inputs.read_image, req.pose_image_path, "poseImagePath")
     init = pose
@@ -179,3 +200,15 @@ async def validate_controlnet(
         width=width,
         height=height,
     )
+
+
+async def _check_preprocessor(monitor: ComfyMonitor) -> None:
+    """The OpenPose preprocessor (a custom node) as ComfyUI last listed it; not judged before any
+    ComfyUI was seen (the job then fails in ComfyUI, saying so, if it is missing)."""
+    node = controlnet.PREPROCESSOR_NODE
+    catalogue = monitor.catalogue
+    if catalogue.has_node(node) is not True:
+        catalogue = await monitor.refresh()
+    if catalogue.has_node(node) is not None:
+        controlnet.check_preprocessor(catalogue.node(node))
+

@@ -126,7 +126,12 @@ class JobOps:
         live = self._core.queue.live_progress(job.id)
         step, total = live if live else (job.step or 0, job.total)
         progress = Progress(step=step, total=total) if total else None
-        waiting_for = await self._core.waiting_for(job, ahead) if job.status == JobStatus.QUEUED else None
+        if job.status == JobStatus.QUEUED:
+            waiting_for = await self._core.waiting_for(job, ahead)
+        elif job.status == JobStatus.RUNNING:  # between two attempts: what it waits for
+            waiting_for = await self._core.waiting_for(job)
+        else:
+            waiting_for = None
         return dump(
             JobView(
                 id=job.id,

@@ -215,7 +215,7 @@ class Bench:
                 "machine": platform.machine(),
                 "release": platform.release(),
             },
-            "unetDtype": cfg.unet_dtype,
+            "unetDtype": self._core.monitor.unet_dtype(cfg.unet_dtype).value,
             "device": None,
             "comfyuiArgs": None,
         }

@@ -1,25 +1,30 @@
-"""`health`: is ComfyUI up, on which device and with which precision flags, what holds the GPU."""
+"""`health`: is ComfyUI up, on which device and with which precision flags, what holds the GPU.
+
+Read from the ComfyUI monitor's cached state (`plasmad.comfy.monitor`), asked again only when its
+last answer is older than a couple of seconds and never waited for longer than a second: a
+ComfyUI that hangs must not hang the question whether it is up.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from plasmad.context import Core
-from plasmad.core.errors import PlasmaError
 from plasmad.core.states import JobStatus
 from plasmad.core.wire_views import HealthView, checked
 
 
 async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any]:
-    comfy: dict[str, Any] = {"url": core.comfy.base_url}
-    ok, mps = False, False
-    try:
-        stats = await core.comfy.system_stats()
-        ok = True
+    monitor = core.monitor
+    await monitor.fresh()
+    ok = monitor.up is True
+    comfy: dict[str, Any] = {"url": core.comfy.base_url, **monitor.describe()}
+    stats = monitor.stats or {}
+    devices = [d for d in stats.get("devices", []) if isinstance(d, dict)]
+    mps = ok and any(d.get("type") == "mps" for d in devices)
+    if stats:
         system = stats.get("system", {})
-        devices = stats.get("devices", [])
         argv = [str(a) for a in system.get("argv", [])]
-        mps = any(d.get("type") == "mps" for d in devices)
         comfy.update(
             version=system.get("comfyui_version"),
             pytorch=system.get("pytorch_version"),
@@ -28,8 +33,9 @@ async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any
             fp32Vae="--fp32-vae" in argv,  # GEN-05: the VAE's precision is a launch flag
             forceFp16="--force-fp16" in argv,
         )
-    except PlasmaError as exc:
-        comfy["error"] = exc.message
+    if not ok:
+        paused = core.process is not None and core.process.paused
+        comfy["error"] = monitor.blocks() if paused else _away(monitor.error, monitor.blocks())
     warnings = []
     if ok and not comfy.get("fp32Vae"):
         warnings.append("ComfyUI was started without --fp32-vae: the VAE may wash out colours (GEN-05)")
@@ -42,6 +48,7 @@ async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any
         "comfyui": ok,
         "mps": mps,
         "comfyuiInfo": comfy,
+        "unetDtype": {"setting": core.cfg.unet_dtype, **monitor.unet_dtype(core.cfg.unet_dtype).to_json()},
         "gpu": {"heldBy": core.gpu.holder},
         "queue": {
             "queued": await core.store.count(JobStatus.QUEUED),
@@ -52,3 +59,10 @@ async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any
         "bench": last_bench,
     }
     return dict(checked(HealthView, answer))
+
+
+def _away(error: str | None, blocks: str | None) -> str:
+    """Why ComfyUI is not answering, and since when ("… did not answer: … (not answering since 21:04)")."""
+    if blocks is None:
+        return error or "not asked yet"
+    return f"{error or 'does not answer'} ({blocks})"

@@ -39,6 +39,7 @@ class TrainingHandler:
     """Runs a TRAIN job under the GPU lock the queue holds for it."""
 
     def __init__(self, core: Core) -> None:
+        self._core = core
         self._cfg = core.cfg
         self._store = core.store
         self._comfy = core.comfy
@@ -46,7 +47,15 @@ class TrainingHandler:
         self._stops: dict[str, asyncio.Event] = {}
 
     def backend(self, name: str | None) -> TrainerBackend:
-        return make_backend(name, self._cfg, self._comfy)
+        return make_backend(name, self._cfg, self._comfy, self._core.monitor)
+
+    @staticmethod
+    def needs_comfyui(job: Job) -> bool:
+        """kohya trains without ComfyUI; ComfyUI's own trainer is ComfyUI."""
+        try:
+            return TrainingState.of(job).trainer != "kohya"
+        except (KeyError, TypeError, ValueError):
+            return True
 
     async def run(self, ctx: RunContext) -> dict[str, object]:
         job = ctx.job
@@ -61,7 +70,7 @@ class TrainingHandler:
         await asyncio.to_thread(spec.output_dir.mkdir, parents=True, exist_ok=True)
         state.total, state.outcome, state.reason, state.advice = spec.steps, None, None, None
         state.store_in(job)
-        await self._free_comfyui(job)
+        paused = await self._make_room(job, backend.name)
         reporter = _Events(self, ctx, spec)
         log.info("training %s: %s starts (%d steps)", job.id, backend.name, spec.steps)
         try:
@@ -76,10 +85,24 @@ class TrainingHandler:
         finally:
             self._stops.pop(job.id, None)
             await reporter.close()
+            if paused and self._core.process is not None:
+                self._core.process.resume()
         error = await self._settle(job, spec, outcome)
         if error is not None:
             raise error
         return dict(job.result or {})
+
+    async def _make_room(self, job: Job, trainer: str) -> bool:
+        """The trainer needs the memory ComfyUI holds. A managed ComfyUI is stopped during a kohya
+        training (its whole process, not only its models; True: resume it after); otherwise
+        ComfyUI is asked to unload its models."""
+        process = self._core.process
+        if trainer == "kohya" and process is not None:
+            await process.pause(f"training {job.id}")
+            log.info("training %s: the managed ComfyUI is stopped until the training ends", job.id)
+            return True
+        await self._free_comfyui(job)
+        return False
 
     async def _free_comfyui(self, job: Job) -> None:
         try:

@@ -92,7 +92,8 @@ class TrainingOps:
             warnings=list(plan.warnings),
         )
         job = Job(id=job_id, kind=JobKind.TRAIN, status=JobStatus.QUEUED, request=plan.request)
-        prepared = await make_backend(name, self._cfg, self._core.comfy).prepare(spec_of(job, state))
+        backend = make_backend(name, self._cfg, self._core.comfy, self._core.monitor)
+        prepared = await backend.prepare(spec_of(job, state))
         state.settings = prepared.settings
         state.warnings = [*state.warnings, *prepared.warnings]
         folders = await asyncio.to_thread(model_paths.model_folders, self._cfg)

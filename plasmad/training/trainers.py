@@ -4,6 +4,7 @@ nodes. Asked at submission (the backend's `prepare`) and by the queue's handler 
 from __future__ import annotations
 
 from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.monitor import ComfyMonitor
 from plasmad.core.config import Config
 from plasmad.training.backend import TrainerBackend
 from plasmad.training.comfy_trainer.backend import ComfyTrainer
@@ -17,7 +18,7 @@ def trainer_name(cfg: Config) -> str:
     return cfg.trainer
 
 
-def make_backend(name: str | None, cfg: Config, comfy: ComfyClient) -> TrainerBackend:
+def make_backend(name: str | None, cfg: Config, comfy: ComfyClient, monitor: ComfyMonitor) -> TrainerBackend:
     if name == "kohya":
         return KohyaTrainer(cfg)
-    return ComfyTrainer(cfg, comfy)
+    return ComfyTrainer(cfg, comfy, monitor)

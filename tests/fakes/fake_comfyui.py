@@ -11,6 +11,8 @@ API tests that need no real model. Everything else is tested against the real Co
   silent   no event at all; history fills later
   error    an execution_error event; history says error
   hang     nothing happens until /interrupt
+  forget   the WebSocket drops and the prompt is gone from queue and history, as after a
+           restart of ComfyUI; the next prompt runs normally (`forget_always`: it too is forgotten)
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class FakeComfyUI:
         #: When set, a `normal` prompt waits for it before it runs: the test acts meanwhile
         #: (fills a disk while the "render" is under way).
         self.gate: asyncio.Event | None = None
+        self.forget_always = False
+        self.running: set[str] = set()  #: prompts taken and not yet in the history (its /queue)
         self._hang: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = web.Application()
@@ -102,6 +106,7 @@ class FakeComfyUI:
             await ws.send_json({"type": kind, "data": data})
 
     def _succeed(self, prompt_id: str) -> None:
+        self.running.discard(prompt_id)
         self.history[prompt_id] = {
             "prompt": [],
             "status": {"status_str": "success", "completed": True, "messages": list(self.messages)},
@@ -111,6 +116,7 @@ class FakeComfyUI:
         }
 
     def _fail(self, prompt_id: str, message: list[Any]) -> None:
+        self.running.discard(prompt_id)
         self.history[prompt_id] = {
             "prompt": [],
             "outputs": {},
@@ -148,6 +154,7 @@ class FakeComfyUI:
         if self.scenario == "fast":
             await self._run_events(prompt_id, client_id)
         else:
+            self.running.add(prompt_id)
             task = asyncio.create_task(self._later(prompt_id, client_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -178,6 +185,16 @@ class FakeComfyUI:
                 await ws.close()
             await asyncio.sleep(self.delay)
             self._succeed(prompt_id)
+        elif self.scenario == "forget":
+            await self._send(
+                client_id, "progress", {"value": 1, "max": 2, "prompt_id": prompt_id, "node": "7"}
+            )
+            self.running.discard(prompt_id)
+            ws = self.sockets.pop(client_id, None)
+            if ws is not None:
+                await ws.close()
+            if not self.forget_always:
+                self.scenario = "normal"
         elif self.scenario == "silent":
             await asyncio.sleep(self.delay)
             self._succeed(prompt_id)
@@ -203,7 +220,8 @@ class FakeComfyUI:
         return web.json_response({prompt_id: self.history[prompt_id]} if prompt_id in self.history else {})
 
     async def queue(self, request: web.Request) -> web.Response:
-        running = [[0, pid, {}, {}, []] for pid in self._hang if pid not in self.history]
+        taken = sorted(self.running | set(self._hang))
+        running = [[0, pid, {}, {}, []] for pid in taken if pid not in self.history]
         return web.json_response({"queue_running": running, "queue_pending": []})
 
     async def post_queue(self, request: web.Request) -> web.Response:
@@ -214,8 +232,9 @@ class FakeComfyUI:
         body = await request.json() if request.body_exists else {}
         prompt_id = body.get("prompt_id", "")
         self.interrupted.append(prompt_id)
-        if prompt_id in self._hang:
-            self._hang[prompt_id].set()
+        if prompt_id in self._hang or prompt_id in self.running:
+            # Also a prompt taken that has not reached its hang yet: it ends as soon as it does.
+            self._hang.setdefault(prompt_id, asyncio.Event()).set()
         return web.Response()
 
     async def free(self, request: web.Request) -> web.Response:

@@ -94,7 +94,8 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
     try:
         comfy = ComfyClient(cfg.comfyui_url, session, cfg.history_poll_s)
         service = build_service(cfg, store, comfy, TemplateSet(cfg.templates_dir))
-        queue = service.core.queue
+        queue, monitor = service.core.queue, service.core.monitor
+        await monitor.start(first_probe_s=2.0)
         await queue.recover()
         if start_worker:
             queue.start()
@@ -107,6 +108,7 @@ async def service_stack(cfg: Config, *, start_worker: bool = True) -> AsyncItera
         if service is not None:
             await service.benchmarks.close()
             await service.core.hasher.close()
+            await service.core.monitor.stop()
         await session.close()
         await store.close()
 

@@ -869,13 +869,55 @@ export interface components {
             /** Step */
             step: number | null;
         };
+        /**
+         * ComfyEvent
+         * @description comfyui.up / comfyui.down: ComfyUI started or stopped answering (plasmad.comfy.monitor).
+         */
+        ComfyEvent: {
+            /** At */
+            at: string;
+            /** Id */
+            id: string;
+            /**
+             * Reason
+             * @default null
+             */
+            reason?: string | null;
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "comfyui.up" | "comfyui.down";
+            /** Url */
+            url: string;
+            /**
+             * Version
+             * @default null
+             */
+            version?: string | null;
+        };
         /** ComfyInfo */
         ComfyInfo: {
+            /**
+             * Answering
+             * @default null
+             */
+            answering?: boolean | null;
             /**
              * Argv
              * @default null
              */
             argv?: string[] | null;
+            /**
+             * Catalogue
+             * @default null
+             */
+            catalogue?: string | null;
+            /**
+             * Checkedsecondsago
+             * @default null
+             */
+            checkedSecondsAgo?: number | null;
             /**
              * Devices
              * @default null
@@ -896,12 +938,27 @@ export interface components {
              * @default null
              */
             fp32Vae?: boolean | null;
+            /**
+             * Lastseen
+             * @default null
+             */
+            lastSeen?: string | null;
             process: components["schemas"]["ProcessInfo"];
             /**
              * Pytorch
              * @default null
              */
             pytorch?: string | null;
+            /**
+             * Since
+             * @default null
+             */
+            since?: string | null;
+            /**
+             * Sinceclock
+             * @default null
+             */
+            sinceClock?: string | null;
             /** Url */
             url: string;
             /**
@@ -1370,6 +1427,11 @@ export interface components {
          *         "running": null
          *       },
          *       "status": "ok",
+         *       "unetDtype": {
+         *         "setting": "auto",
+         *         "value": "fp16",
+         *         "why": "ComfyUI runs on mps"
+         *       },
          *       "warnings": []
          *     }
          */
@@ -1389,6 +1451,7 @@ export interface components {
              * @constant
              */
             status: "ok";
+            unetDtype: components["schemas"]["UnetDtypeView"];
             /** Warnings */
             warnings: string[];
         };
@@ -2019,7 +2082,7 @@ export interface components {
          * PlasmaEvent
          * @description The JSON `data` of one Server-Sent Event; the SSE `event` field is its `type`.
          */
-        PlasmaEvent: components["schemas"]["JobEvent"] | components["schemas"]["TrainingProgressEvent"] | components["schemas"]["TrainingCheckpointEvent"];
+        PlasmaEvent: components["schemas"]["JobEvent"] | components["schemas"]["TrainingProgressEvent"] | components["schemas"]["TrainingCheckpointEvent"] | components["schemas"]["ComfyEvent"];
         /**
          * ProcessInfo
          * @description The ComfyUI plasmad runs itself (COMFYUI_MANAGED=1), or `{"managed": false}`.
@@ -2057,6 +2120,11 @@ export interface components {
             log?: string | null;
             /** Managed */
             managed: boolean;
+            /**
+             * Pausedfor
+             * @default null
+             */
+            pausedFor?: string | null;
             /**
              * Pid
              * @default null
@@ -2776,6 +2844,18 @@ export interface components {
             warnings: string[];
         };
         /**
+         * UnetDtypeView
+         * @description GEN-05's UNet precision: the setting, what it gives here, and why.
+         */
+        UnetDtypeView: {
+            /** Setting */
+            setting: string;
+            /** Value */
+            value: string;
+            /** Why */
+            why: string;
+        };
+        /**
          * VaryParams
          * @description JSON-RPC `vary`: the version's name (`image`) and the body of POST /images/:name/vary.
          */
@@ -3389,6 +3469,11 @@ export interface operations {
                      *         "running": null
                      *       },
                      *       "status": "ok",
+                     *       "unetDtype": {
+                     *         "setting": "auto",
+                     *         "value": "fp16",
+                     *         "why": "ComfyUI runs on mps"
+                     *       },
                      *       "warnings": []
                      *     }
                      */

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from plasmad.comfy.precision import resolve_unet_dtype
 from plasmad.comfy.process import BASE_FLAGS
 from plasmad.core.errors import PlasmaError
 from plasmad.generation import controlnet
@@ -125,30 +126,31 @@ async def _missing_template_nodes(report: Report) -> list[str]:
     return missing
 
 
-def _unet_verdict(dtype: str, argv: list[str], types: list[str]) -> tuple[Status, str, str | None]:
+def _unet_verdict(setting: str, argv: list[str], types: list[str]) -> tuple[Status, str, str | None]:
     """The UNet's precision: fp16 on a GPU (with --force-fp16), fp32 on a CPU-only host."""
+    dtype = resolve_unet_dtype(setting, types)
     cpu_only = bool(types) and all(t == "cpu" for t in types)
     forced = "--force-fp16" in argv
     if "mps" in types or not cpu_only:
-        if dtype != "fp16":
+        if dtype.value != "fp16":
             return (
                 "warn",
-                f"the UNet runs at {dtype}: slower, and twice the memory of fp16",
-                "unset PLASMA_UNET_DTYPE (fp16 is the default) on the Mac",
+                f"the UNet runs at {dtype.value} ({dtype.why}): slower, and twice the memory of fp16",
+                "unset PLASMA_UNET_DTYPE (auto: fp16 on the Mac's GPU)",
             )
-        detail = "the graph sets the UNet to fp16 (PLASMA_UNET_DTYPE=fp16)" + (
+        detail = f"the graph sets the UNet to fp16 ({dtype.why})" + (
             ", ComfyUI runs with --force-fp16" if forced else "; ComfyUI was started without --force-fp16"
         )
         if forced:
             return "ok", detail, None
         return "warn", detail, "add --force-fp16 to ComfyUI's launch (INFRA-01; managed mode adds it)"
-    if dtype == "fp16":
+    if dtype.value == "fp16":
         return (
             "warn",
-            "fp16 UNet on a CPU: about 100x slower than fp32 there",
-            "on a CPU-only host set PLASMA_UNET_DTYPE=fp32 (fp16 is for the Apple GPU)",
+            f"fp16 UNet on a CPU ({dtype.why}): about 100x slower than fp32 there",
+            "on a CPU-only host unset PLASMA_UNET_DTYPE (auto: fp32 there) or set it to fp32",
         )
-    return "ok", f"UNet at {dtype} (a CPU-only host; fp16 is for the Apple GPU)", None
+    return "ok", f"UNet at {dtype.value} ({dtype.why}; fp16 is for the Apple GPU)", None
 
 
 def _fp32_vae(report: Report, argv: list[str], mps: bool) -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from plasmad.comfy.client import ComfyClient
+from plasmad.comfy.monitor import ComfyMonitor
 from plasmad.comfy.templates import Template, TemplateError, load_template
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_configured
@@ -80,24 +81,31 @@ def saves_step_file(end: int, total: int, every: int) -> bool:
     return every < total and end % every == 0
 
 
-def training_dtype(cfg: Config) -> str:
-    return "fp32" if cfg.unet_dtype == "fp32" else "bf16"
+def training_dtype(unet_dtype: str) -> str:
+    """fp32 where the UNet runs at fp32 (a CPU: PLASMA_UNET_DTYPE, or auto on a CPU-only ComfyUI)."""
+    return "fp32" if unet_dtype == "fp32" else "bf16"
 
 
 class ComfyTrainer:
     name = "comfyui"
 
-    def __init__(self, cfg: Config, comfy: ComfyClient) -> None:
+    def __init__(self, cfg: Config, comfy: ComfyClient, monitor: ComfyMonitor) -> None:
         self._cfg = cfg
         self._comfy = comfy
+        self._monitor = monitor
 
     # --- submission ------------------------------------------------------------------------------
 
     async def prepare(self, spec: TrainSpec) -> Prepared:
+        """From ComfyUI's last known catalogue and device (a training is queued whether ComfyUI
+        answers or not); nodes never seen are not judged (ComfyUI 0.3.75 has them)."""
         self._cfg.require_comfyui_dir()
         await self._template()
-        infos = {node: await self._comfy.object_info(node) for node in NODES}
-        missing = [node for node, info in infos.items() if not info]
+        catalogue = self._monitor.catalogue
+        if any(catalogue.has_node(node) is False for node in NODES):
+            catalogue = await self._monitor.refresh()  # installed since it was last asked?
+        infos = {node: catalogue.node(node) for node in NODES}
+        missing = [node for node in NODES if catalogue.has_node(node) is False]
         if missing:
             raise not_configured(
                 "PLASMA_TRAINER",
@@ -119,15 +127,17 @@ class ComfyTrainer:
                 "comfyui: no prior-preservation loss: regularisation images are mixed into the set, "
                 "as many as there are training images"
             )
-        stats = await self._comfy.system_stats()
-        devices = {str(d.get("type")) for d in stats.get("devices", [])}
+        devices = set(self._monitor.device_types)
         if devices and devices <= {"cpu"}:
             warnings.append(
                 "NO GPU: ComfyUI runs on the CPU, so training is about 10x slower or worse (hours become "
                 "days). Start ComfyUI on the Apple GPU (mps) for real trainings."
             )
-        settings = {"trainingDtype": training_dtype(self._cfg), "rank": spec.network_dim}
+        settings = {"trainingDtype": self._training_dtype(), "rank": spec.network_dim}
         return Prepared(settings=settings, warnings=warnings)
+
+    def _training_dtype(self) -> str:
+        return training_dtype(self._monitor.unet_dtype(self._cfg.unet_dtype).value)
 
     async def _template(self) -> Template:
         try:
@@ -198,8 +208,8 @@ class ComfyTrainer:
                 "learning_rate": spec.learning_rate,
                 "rank": spec.network_dim,
                 "seed": spec.seed + number - 1,  # a new noise stream per chunk, reproducibly
-                "training_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
-                "lora_dtype": spec.settings.get("trainingDtype", training_dtype(self._cfg)),
+                "training_dtype": spec.settings.get("trainingDtype", self._training_dtype()),
+                "lora_dtype": spec.settings.get("trainingDtype", self._training_dtype()),
                 "existing_lora": existing,
                 "filename_prefix": prefix,
             }
