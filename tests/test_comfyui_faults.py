@@ -187,7 +187,7 @@ def test_a_frozen_managed_comfyui_is_restarted_and_a_lora_that_does_not_fit_fail
         message = failed["error"]["message"]
         assert "could not apply the LoRA swap.safetensors" in message
         assert "'lora key not loaded' lines" in message
-        assert not (daemon_env.pipeline_dir / "output" / "ch-01" / "raw").exists()  # no page published
+        assert not list((daemon_env.pipeline_dir / "output" / "ch-01").rglob("*.png"))  # no page published
     finally:
         code = d.stop() if d.proc.poll() is None else d.proc.returncode
     assert code == 0

@@ -195,7 +195,12 @@ class ComfyClient:
                 timed_out=isinstance(exc, TimeoutError),
             ) from exc
         try:
+            if cancelled is not None and cancelled.is_set():
+                raise PlasmaError(ErrorCode.CONFLICT, "cancelled before it reached ComfyUI")
             await self.submit(graph, prompt_id, client_id)  # only now: the socket already listens
+            if cancelled is not None and cancelled.is_set():
+                # Cancelled while the POST was under way: the interrupt sent then found nothing.
+                await self.interrupt(prompt_id)
             return await self.wait(
                 prompt_id, on_progress, timeout, ws, require_images=require_images, cancelled=cancelled
             )
