@@ -6,7 +6,7 @@ served without being in the spec, nor be in the spec without being served
 (tests/test_contract.py compares aiohttp's router with the document).
 
 To add a route: write its view in `http.py`, give its request and answer models in
-`plasmad.core.wire` / `wire_views` (with an example), and add one `Route(...)` line to
+`plasmad.core.wire` (with an example), and add one `Route(...)` line to
 `http.routes()`. The error statuses every route of its shape can answer (the guard's 403, a body's
 400/413/415, a path id's 404, a bug's 500) are added for you; name the others in `errors`.
 """
