@@ -29,7 +29,8 @@ import aiohttp
 from aiohttp import web
 
 from plasmad import __version__
-from plasmad.api.http import SERVICE, create_app
+from plasmad.api.http import create_app
+from plasmad.api.request import SERVICE
 from plasmad.api.rpc import bind_socket, build_methods, start_rpc_server
 from plasmad.api.service import Service, build_service
 from plasmad.comfy.client import ComfyClient

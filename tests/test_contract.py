@@ -17,8 +17,7 @@ from referencing.jsonschema import DRAFT202012
 from plasmad.api import http, openapi
 from plasmad.api.contract import EVENT_STREAM
 from plasmad.api.methods import methods
-from plasmad.core.wire import GenerateRequest, JobView
-from plasmad.core.wire_views import ErrorBody, HealthView, PlasmaEvent
+from plasmad.core.wire import ErrorBody, GenerateRequest, HealthView, JobView, PlasmaEvent
 from plasmad.daemon import Daemon
 from tests.support.app import Api, make_config, rpc
 

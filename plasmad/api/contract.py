@@ -1,14 +1,14 @@
 """The API's contract, declared once: each HTTP route and each JSON-RPC method with its models.
 
-`plasmad.api.http` serves the routes it declares here and `plasmad.api.rpc` the methods, and
-`plasmad.api.openapi` writes the same declarations out as `GET /openapi.json`; so a route cannot be
-served without being in the spec, nor be in the spec without being served
+`plasmad.api.http` serves the routes that `plasmad.api.routes` declares with these, `plasmad.api.rpc`
+the methods, and `plasmad.api.openapi` writes the same declarations out as `GET /openapi.json`; so a
+route cannot be served without being in the spec, nor be in the spec without being served
 (tests/test_contract.py compares aiohttp's router with the document).
 
-To add a route: write its view in `http.py`, give its request and answer models in
-`plasmad.core.wire` / `wire_views` (with an example), and add one `Route(...)` line to
-`http.routes()`. The error statuses every route of its shape can answer (the guard's 403, a body's
-400/413/415, a path id's 404, a bug's 500) are added for you; name the others in `errors`.
+To add a route: write its view in its area's module of `plasmad.api.routes`, give its request and
+answer models in `plasmad.core.wire` (with an example), and add one `Route(...)` line to that
+module's `routes()`. The error statuses every route of its shape can answer (the guard's 403, a
+body's 400/413/415, a path id's 404, a bug's 500) are added for you; name the others in `errors`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ RpcCall = Callable[["Service", dict[str, Any]], Awaitable[Any]]
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
+
+SUBMITS = (409, 503)  # a staged file in the way; ComfyUI, a setting or the daemon (stopping) missing
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pydantic.json_schema import models_json_schema
 from plasmad import __version__
 from plasmad.api.contract import EVENT_STREAM, JSON, Route, RpcMethod
 from plasmad.core.errors import ErrorCode
-from plasmad.core.wire_views import ErrorBody, PlasmaEvent
+from plasmad.core.wire import ErrorBody, PlasmaEvent
 
 REF = "#/components/schemas/{model}"
 Mode = Literal["validation", "serialization"]

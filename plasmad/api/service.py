@@ -21,7 +21,7 @@ from plasmad.core.gpu_lock import GpuLock
 from plasmad.core.job_queue import JobQueue
 from plasmad.core.states import JobKind
 from plasmad.core.store import Job, JobStore
-from plasmad.core.wire_views import BenchRecord, DoctorView, checked
+from plasmad.core.wire import BenchRecord, DoctorView, checked
 from plasmad.dataset.ops import DatasetOps
 from plasmad.generation.handler import GenerationHandler
 from plasmad.generation.ops import GenerationOps

@@ -23,8 +23,7 @@ from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.limits import REG_MAX_IMAGES, REG_MIN_IMAGES, check_size
 from plasmad.core.states import ACTIVE_STATES, JobKind
-from plasmad.core.wire import DatasetRegRequest, GenerateRequest, parse
-from plasmad.core.wire_views import RegView, checked
+from plasmad.core.wire import DatasetRegRequest, GenerateRequest, RegView, checked, parse
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,7 @@ from plasmad.core.errors import not_found
 from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import JobKind, JobStatus
 from plasmad.core.store import Job
-from plasmad.core.wire import ApproveParams, GenerateRequest, PageRequest, parse
-from plasmad.core.wire_views import LogEntry, checked
+from plasmad.core.wire import ApproveParams, GenerateRequest, LogEntry, PageRequest, checked, parse
 from plasmad.generation import controlnet, fingerprints, pipeline_files
 from plasmad.generation.validation import GenerationPlan, validate_generate
 

@@ -11,8 +11,17 @@ from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError, not_found
 from plasmad.core.states import FINISHED_STATES, JobKind, JobStatus
 from plasmad.core.store import Job
-from plasmad.core.wire import JobView, JobWaitParams, ListJobsParams, Progress, check_id, dump, parse
-from plasmad.core.wire_views import Workflow, checked
+from plasmad.core.wire import (
+    JobView,
+    JobWaitParams,
+    ListJobsParams,
+    Progress,
+    Workflow,
+    check_id,
+    checked,
+    dump,
+    parse,
+)
 
 # Bookkeeping kept in a job's stored state that the wire view leaves out (the graph is big; it is
 # written beside the image and served by `workflow`).

@@ -35,8 +35,15 @@ from plasmad.core.errors import PlasmaError, not_found
 from plasmad.core.jobs import GenerationState
 from plasmad.core.states import FINISHED_STATES, JobStatus
 from plasmad.core.store import Job, now
-from plasmad.core.wire import BenchRequest, BenchResultsParams, GenerateRequest, parse
-from plasmad.core.wire_views import BenchRecord, BenchResults, checked
+from plasmad.core.wire import (
+    BenchRecord,
+    BenchRequest,
+    BenchResults,
+    BenchResultsParams,
+    GenerateRequest,
+    checked,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 

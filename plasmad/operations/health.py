@@ -11,7 +11,7 @@ from typing import Any
 
 from plasmad.context import Core
 from plasmad.core.states import JobStatus
-from plasmad.core.wire_views import HealthView, checked
+from plasmad.core.wire import HealthView, checked
 
 
 async def health(core: Core, last_bench: dict[str, Any] | None) -> dict[str, Any]:

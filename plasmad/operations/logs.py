@@ -17,8 +17,7 @@ from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.core.job_logs import SAFE_JOB_ID, job_log_path
 from plasmad.core.states import JobKind
 from plasmad.core.store import Job, JobStore
-from plasmad.core.wire import LogsParams, parse
-from plasmad.core.wire_views import LogsView, checked
+from plasmad.core.wire import LogsParams, LogsView, checked, parse
 
 MAX_READ_BYTES = 1024 * 1024  #: one `logs` answer carries at most this much
 

@@ -24,8 +24,7 @@ from plasmad.core.errors import invalid
 from plasmad.core.jobs import Destination, FingerprintedFile, GenerationState
 from plasmad.core.states import FINISHED_STATES, JobKind, JobStatus
 from plasmad.core.store import Job, now
-from plasmad.core.wire import ConsistencyOptions, GenerateRequest, ReproduceRequest, parse
-from plasmad.core.wire_views import Record
+from plasmad.core.wire import ConsistencyOptions, GenerateRequest, Record, ReproduceRequest, parse
 from plasmad.reproduce import records, report
 from plasmad.reproduce.compare import crop_fits
 from plasmad.reproduce.page import Page, check_files, read_page, refusal

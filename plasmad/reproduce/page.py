@@ -17,7 +17,7 @@ from typing import Any
 from plasmad.context import Core
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_found
 from plasmad.core.jobs import FingerprintedFile
-from plasmad.core.wire_views import FileCheck, Status
+from plasmad.core.wire import FileCheck, Status
 from plasmad.generation import fingerprints, pipeline_files
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from plasmad.core.config import Config
 from plasmad.core.errors import invalid, not_found
 from plasmad.core.fsutil import replace_atomic
-from plasmad.core.wire_views import Record
+from plasmad.core.wire import Record
 
 RECORD_NAME = "record.json"
 REPRODUCE_PREFIX = "r_"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plasmad.core.wire_views import Record, RunResult
+from plasmad.core.wire import Record, RunResult
 from plasmad.reproduce import compare, sheet
 from plasmad.reproduce.records import save
 

@@ -27,15 +27,16 @@ from plasmad.core.states import ACTIVE_STATES, JobKind, JobStatus
 from plasmad.core.store import Job
 from plasmad.core.wire import (
     CheckpointView,
+    LorasView,
     LossParams,
     LossPoint,
     LossView,
     TrainingView,
     TrainRequest,
+    checked,
     dump,
     parse,
 )
-from plasmad.core.wire_views import LorasView, checked
 from plasmad.training.checkpoints import list_checkpoints
 from plasmad.training.comfy_trainer.staging import OWN_FOLDER
 from plasmad.training.loss_log import loss_path, read_loss

@@ -18,8 +18,7 @@ from plasmad.core.errors import ErrorCode, PlasmaError, invalid
 from plasmad.core.fsutil import copy_new, same_file_content
 from plasmad.core.states import JobStatus
 from plasmad.core.store import now
-from plasmad.core.wire import PromoteRequest, parse
-from plasmad.core.wire_views import PromoteView, checked
+from plasmad.core.wire import PromoteRequest, PromoteView, checked, parse
 from plasmad.training.checkpoints import Checkpoint, list_checkpoints
 from plasmad.training.state import Promotion, TrainingState, find_training, spec_of
 from plasmad.training.validation import check_output_name

@@ -28,8 +28,7 @@ from plasmad.core.fsutil import copy_new, replace_atomic, same_file_content
 from plasmad.core.jobs import Destination, GenerationState
 from plasmad.core.states import FINISHED_STATES, JobStatus
 from plasmad.core.store import Job, now
-from plasmad.core.wire import GenerateRequest, TrainRequest, TrainSamplesRequest, parse
-from plasmad.core.wire_views import SamplesView, checked
+from plasmad.core.wire import GenerateRequest, SamplesView, TrainRequest, TrainSamplesRequest, checked, parse
 from plasmad.training.backend import TrainSpec
 from plasmad.training.checkpoints import Checkpoint, list_checkpoints
 from plasmad.training.state import (

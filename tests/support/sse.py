@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from plasmad.core.wire_views import PlasmaEvent
+from plasmad.core.wire import PlasmaEvent
 
 
 async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
