@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from plasmad.comfy.catalogue import template_classes
 from plasmad.core.config import BUNDLED_TEMPLATES
 from plasmad.core.job_logs import JobFileHandler, JobTagFilter, job_context
 from plasmad.core.states import JobKind, JobStatus
@@ -29,7 +30,6 @@ from plasmad.operations import bench as bench_module
 from plasmad.operations.bench import Bench
 from plasmad.operations.doctor import Doctor
 from plasmad.operations.doctor import disk as doctor_disk
-from plasmad.operations.doctor.comfyui import _template_classes
 from plasmad.operations.logs import read_log
 from tests.support.app import Api, OpenApi, eventually, expect_error, rpc
 from tests.support.cli import DaemonThread, ctl, run_cli
@@ -43,7 +43,7 @@ CONTROLNET = "control_v11p_sd15_openpose.pth"
 def install_everything(a: Api, *, with_nodes: bool = True) -> None:
     """A ComfyUI with every node the templates use, the custom nodes, and the models listed."""
     if with_nodes:
-        for cls in _template_classes(BUNDLED_TEMPLATES) | {"OpenposePreprocessor"}:
+        for cls in {*template_classes(BUNDLED_TEMPLATES), "OpenposePreprocessor"}:
             a.fake.nodes[cls] = {"input": {"required": {"image": ["IMAGE"]}}}
     a.fake.nodes["CheckpointLoaderSimple"] = {"input": {"required": {"ckpt_name": [[CHECKPOINT_SD15]]}}}
     a.fake.nodes["ControlNetLoader"] = {"input": {"required": {"control_net_name": [[CONTROLNET]]}}}

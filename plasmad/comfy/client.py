@@ -27,6 +27,7 @@ import aiohttp
 
 from plasmad.comfy.answers import ComfyAway, describe, outcome, rejection_message, unavailable
 from plasmad.comfy.answers import ImageRef as ImageRef
+from plasmad.comfy.catalogue import combo_choices
 from plasmad.core.errors import ErrorCode, PlasmaError
 
 log = logging.getLogger(__name__)
@@ -109,16 +110,7 @@ class ComfyClient:
 
     async def input_choices(self, node_class: str, input_name: str) -> list[str]:
         """The values a combo input accepts (KSampler's sampler_name, LoraLoader's lora_name...)."""
-        info = await self.object_info(node_class)
-        spec = info.get("input", {}).get("required", {}).get(input_name)
-        if not spec:
-            return []
-        choices = spec[0]
-        if isinstance(choices, list):
-            return [str(c) for c in choices]
-        if choices == "COMBO" and len(spec) > 1:  # newer ComfyUI: ["COMBO", {"options": [...]}]
-            return [str(c) for c in spec[1].get("options", [])]
-        return []
+        return combo_choices(await self.object_info(node_class), input_name)
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         body = await self._get_json(f"/history/{prompt_id}", timeout=self.probe_timeout_s)

@@ -189,14 +189,7 @@ class JobStore:
     async def recent(
         self, status: JobStatus | None = None, kind: JobKind | None = None, limit: int = 50
     ) -> list[Job]:
-        where, args = [], []
-        if status is not None:
-            where.append("status = ?")
-            args.append(status.value)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind.value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _filter(status, kind)
         rows = await self._q(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", *args, limit)
         return [_decode(r) for r in rows]
 
@@ -259,14 +252,7 @@ class JobStore:
         which each listed job's place in the queue is told without a query per job). The rows
         are read in a thread and decoded here a slice at a time, letting other requests through
         between slices (decoding 500 rows at once would hold the event loop for milliseconds)."""
-        where, args = [], []
-        if status is not None:
-            where.append("status = ?")
-            args.append(status.value)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind.value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _filter(status, kind)
 
         def read() -> tuple[list[sqlite3.Row], list[int]]:
             rows = self._run(f"{_VIEW_SELECT} {clause} ORDER BY seq DESC LIMIT ?", (*args, limit))
@@ -297,6 +283,18 @@ def _encode(column: str, value: Any) -> Any:
     if isinstance(value, (JobKind, JobStatus)):
         return value.value
     return value
+
+
+def _filter(status: JobStatus | None, kind: JobKind | None) -> tuple[str, list[str]]:
+    """The WHERE clause (or none) and its arguments for a listing of jobs."""
+    where, args = [], []
+    if status is not None:
+        where.append("status = ?")
+        args.append(status.value)
+    if kind is not None:
+        where.append("kind = ?")
+        args.append(kind.value)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
 def _decode(row: sqlite3.Row) -> Job:

@@ -1,8 +1,8 @@
 """A training's loss log: the trainer's running average loss at each step, for the board's curve.
 
 `<state>/trainings/<id>/loss.jsonl`, one JSON line `{"step", "loss"}` per value the trainer reported
-(the training state keeps only the last). Lines are appended off the event loop, in order, by one
-flushing task; a line cut short by a crash is skipped when read.
+(the training state keeps only the last). Lines are appended off the event loop, in order
+(`plasmad.core.appender`); a line cut short by a crash is skipped when read.
 
 kohya draws each step's bar twice, and a step's first drawing still shows the previous step's
 average: so a step may have two lines, and the last one for a step is its value.
@@ -10,13 +10,11 @@ average: so a step may have two lines, and the last one for a step is its value.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from plasmad.core.appender import Appender
 
 LOSS_NAME = "loss.jsonl"
 
@@ -30,39 +28,17 @@ class LossLog:
     """Appends a training's loss values; `close` once the run ends (what is pending is written)."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._pending: list[str] = []
+        self._out = Appender(path, "loss log")
         self._last: tuple[int, float] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def record(self, step: int, loss: float) -> None:
         if self._last == (step, loss):
             return  # the same drawing again: nothing new
         self._last = (step, loss)
-        self._pending.append(json.dumps({"step": step, "loss": loss}) + "\n")
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = "".join(self._pending), []
-            try:
-                await asyncio.to_thread(_append, self._path, batch)
-            except OSError as exc:
-                # The curve is a convenience: a full disk must not fail the training (its
-                # checkpoints matter more); those values are lost from the curve only.
-                log.warning("loss log %s: %s; %d values not recorded", self._path, exc, batch.count("\n"))
+        self._out.write(json.dumps({"step": step, "loss": loss}) + "\n")
 
     async def close(self) -> None:
-        if self._task is not None:
-            await self._task
-        await self._flush()
-
-
-def _append(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
+        await self._out.close()
 
 
 def read_loss(path: Path, after: int | None = None) -> list[tuple[int, float]]:

@@ -7,11 +7,10 @@ whether a running ComfyUI can be asked at all.
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from plasmad.comfy.catalogue import template_classes
 from plasmad.comfy.precision import resolve_unet_dtype
 from plasmad.comfy.process import BASE_FLAGS
 from plasmad.core.errors import PlasmaError
@@ -21,7 +20,7 @@ from plasmad.operations.doctor.report import Report, Status
 #: The checks that need a running ComfyUI: each says "not checked" when it does not answer.
 _NEED_COMFYUI = (
     ("comfyui.version", "INFRA-01", "ComfyUI version"),
-    ("comfyui.fp16_unet", "INFRA-01", "fp16 UNet"),
+    ("comfyui.fp16_unet", "INFRA-01", "UNet precision"),
     ("comfyui.fp32_vae", "GEN-05", "fp32 VAE"),
     ("comfyui.device", "INFRA-01", "ComfyUI device"),
 )
@@ -37,7 +36,8 @@ async def check_comfyui(report: Report) -> None:
     types = [str(d.get("type")) for d in devices]
     await _version(report, system)
     mps = "mps" in types
-    report.add("comfyui.fp16_unet", "GEN-05", "fp16 UNet", *_unet_verdict(report.cfg.unet_dtype, argv, types))
+    verdict = _unet_verdict(report.cfg.unet_dtype, argv, types)
+    report.add("comfyui.fp16_unet", "GEN-05", "UNet precision", *verdict)
     _fp32_vae(report, argv, mps)
     _device(report, devices, mps)
 
@@ -113,7 +113,7 @@ async def _version(report: Report, system: dict[str, Any]) -> None:
 
 
 async def _missing_template_nodes(report: Report) -> list[str]:
-    classes = await asyncio.to_thread(_template_classes, report.cfg.templates_dir)
+    classes = set(await asyncio.to_thread(template_classes, report.cfg.templates_dir))
     classes.discard(controlnet.PREPROCESSOR_NODE)  # a custom node: its own check (custom_nodes)
     report.comfy.forget_object_info()  # fresh: nodes may have been installed since
     missing = []
@@ -194,20 +194,3 @@ def _device(report: Report, devices: list[dict[str, Any]], mps: bool) -> None:
             f"no Apple GPU (mps) on this machine: {names}; generation works, slowly",
             "on the Mac: " + fix,
         )
-
-
-def _template_classes(templates_dir: Path) -> set[str]:
-    """Every node class the workflow templates use. Blocking: run it in a thread."""
-    classes: set[str] = set()
-    for path in templates_dir.glob("*.json"):
-        if path.name.endswith(".slots.json"):
-            continue
-        try:
-            graph = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(graph, dict):
-            classes.update(
-                str(n["class_type"]) for n in graph.values() if isinstance(n, dict) and "class_type" in n
-            )
-    return classes

@@ -46,6 +46,7 @@ from typing import Any
 from plasmad.comfy.client import ComfyClient
 from plasmad.comfy.monitor import ComfyMonitor
 from plasmad.comfy.templates import Template, TemplateError, load_template
+from plasmad.core.appender import Appender
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_configured
 from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
@@ -349,28 +350,10 @@ class _RunLog:
     """The training log of this backend: our own lines (ComfyUI's output is ComfyUI's log)."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lines: list[str] = []
-        self._task: asyncio.Task[None] | None = None
+        self._out = Appender(path, "training log")
 
     def line(self, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._lines.append(f"{stamp} {text}\n")
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        while self._lines:
-            batch, self._lines = "".join(self._lines), []
-            await asyncio.to_thread(_append, self._path, batch)
+        self._out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     async def close(self) -> None:
-        if self._task is not None:
-            await self._task
-        await self._flush()
-
-
-def _append(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
+        await self._out.close()

@@ -12,15 +12,14 @@ import asyncio
 import inspect
 import logging
 import os
-import queue
 import signal
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from plasmad.core import processes
+from plasmad.core.appender import Appender
 from plasmad.core.errors import ErrorCode, PlasmaError
 from plasmad.training.kohya.output import CheckpointSaved, Event, KohyaOutputParser, Progress, Stream
 
@@ -40,39 +39,10 @@ class RunResult:
     last_progress: Progress | None
 
 
-class _LogWriter:
-    """Appends bytes to the run's log from a thread, so a slow disk never stalls the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, args=(path,), name="kohya-log", daemon=True)
-        self._thread.start()
-
-    def write(self, data: bytes) -> None:
-        self._queue.put(data)
-
-    async def close(self) -> None:
-        self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
-
-    def _run(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab") as f:
-                while (data := self._queue.get()) is not None:
-                    f.write(data)
-                    if self._queue.empty():  # flush once per burst, not per chunk
-                        f.flush()
-        except OSError:
-            logger.exception("cannot write the training log %s; the run goes on without it", path)
-            while self._queue.get() is not None:  # keep draining so the queue cannot grow
-                pass
-
-
 class _Output:
     """Both pipes of one run: raw bytes to the log, parsed events to the caller."""
 
-    def __init__(self, log: _LogWriter, on_event: OnEvent) -> None:
+    def __init__(self, log: Appender, on_event: OnEvent) -> None:
         self._log = log
         self._on_event = on_event
         self.parser = KohyaOutputParser()
@@ -112,7 +82,7 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
 
 
 async def _start(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log: _LogWriter
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log: Appender
 ) -> asyncio.subprocess.Process:
     try:
         return await asyncio.create_subprocess_exec(
@@ -183,7 +153,7 @@ async def run_kohya(
     never allowed to end a training. Cancelling this coroutine kills the group outright; the
     orderly way to stop is cancel_event.
     """
-    log = _LogWriter(log_path)
+    log = Appender(log_path, "training log")
     proc = await _start(argv, env, cwd, log)
     pgid = proc.pid  # start_new_session: the leader's pid is the group's id
     output = _Output(log, on_event)
