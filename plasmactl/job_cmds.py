@@ -208,7 +208,10 @@ def jobs(ctl: Ctl, status_filter: str | None, limit: int) -> None:
 def cancel(ctl: Ctl, job_id: str) -> None:
     """Cancel a queued or running job."""
     job = ctl.call("cancel", id=job_id)
-    ctl.show(job, f"{job['id']} {job['status']}")
+    said = f"{job['id']} {job['status']}"
+    if job["status"] == "running":  # the daemon has asked it to stop; it ends when its work does
+        said += f": cancelling (plasmactl wait {job['id']} follows it to the end)"
+    ctl.show(job, said)
 
 
 @click.command()

@@ -35,4 +35,5 @@ for _ in $(seq 1 600); do
 done
 "$bin/plasmactl" health
 log "generating chapter 1, page 1"
-"$bin/plasmactl" generate -c 1 --page 1 ${lora:+--lora "$lora"} "${size_args[@]}"
+# `size_args` is empty on a Mac: the `+` form keeps macOS's bash 3.2 quiet under `set -u`.
+"$bin/plasmactl" generate -c 1 --page 1 ${lora:+--lora "$lora"} ${size_args[@]+"${size_args[@]}"}

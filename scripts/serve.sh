@@ -9,6 +9,8 @@ set -euo pipefail
 source "$(dirname "$0")/demo-env.sh"
 
 log "plasmad in the foreground (state: $PLASMA_STATE_DIR, HTTP: 127.0.0.1:$PLASMA_HTTP_PORT)"
-log "in another terminal: export PATH=$bin:\$PATH; plasmactl health; plasmactl generate -c 1 --page 1"
+# `size_args` may be empty (a Mac): the `+` form keeps macOS's bash 3.2 quiet under `set -u`.
+hint="plasmactl generate -c 1 --page 1${lora:+ --lora $lora}${size_args[*]+ ${size_args[*]}}"
+log "in another terminal: export PATH=$bin:\$PATH; plasmactl health; $hint"
 log "stop it: Ctrl-C here, or plasmactl shutdown"
 exec "$bin/plasmad"

@@ -263,6 +263,12 @@ def test_cancel_then_wait_exits_7(daemon: DaemonThread) -> None:
     as_json = ctl(daemon, "wait", running, "--timeout", "0.1", "--json")
     assert json.loads(as_json.stdout)["error"] == {
         "name": "unavailable", "exit": 6, "message": f"job {running} still running after 0 s"}
+    stopping = ctl(daemon, "cancel", running)
+    assert stopping.exit_code == 0, stopping.output
+    assert stopping.stdout.strip() in (
+        f"{running} running: cancelling (plasmactl wait {running} follows it to the end)",
+        f"{running} cancelled",  # ComfyUI was quicker than the answer
+    )
 
 
 def test_health_exits_6_when_comfyui_does_not_answer(tmp_path: Path) -> None:

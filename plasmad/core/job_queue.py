@@ -182,7 +182,7 @@ class JobQueue:
             fresh = await self._reload(job.id)
             raise PlasmaError(
                 ErrorCode.CONFLICT,
-                f"job {job.id} is {fresh.status.value}; only a failed or cancelled job can be retried",
+                f"job {job.id}: {fresh.status.value}; only a failed or cancelled job can be retried",
             )
         log.info(
             "job %s queued again by request (it had %s: %s)",
