@@ -41,6 +41,7 @@ from plasmad.core.fsutil import replace_atomic, sweep_stale_temps
 from plasmad.core.logging_setup import setup_logging
 from plasmad.core.store import JobStore
 from plasmad.generation import pipeline_files
+from plasmad.training.samples import SAMPLES_LORA_FOLDER
 
 log = logging.getLogger("plasmad")
 
@@ -247,13 +248,16 @@ STALE_TEMP_AGE_S = 15 * 60
 
 def sweep_temps(cfg: Config) -> None:
     """Remove the stale temp files of ours from every folder plasmad writes into (blocking)."""
-    folders = [cfg.state_dir, cfg.state_dir / "images", cfg.state_dir / "rejected"]
-    for training in sorted(cfg.trainings_dir.glob("*")):  # a training's folder and its own folders
-        folders += [training, *(p for p in training.glob("*") if p.is_dir())]
+    # Every folder of the state dir (images, rejected, trainings, thumbnails, reproductions,
+    # consistency runs...: all plasmad's own), the pipeline's output folders, and the ComfyUI folders
+    # plasmad copies into (input/, loras/ and its own loras/plasma-samples/<id>/).
+    folders = [Path(d) for d, _, _ in os.walk(cfg.state_dir)]
     if cfg.pipeline_dir is not None:
         folders += pipeline_files.output_folders(cfg.pipeline_dir)
     if cfg.comfyui_dir is not None:
-        folders += [cfg.comfyui_dir / "input", cfg.comfyui_dir / "models" / "loras"]
+        loras = cfg.comfyui_dir / "models" / "loras"
+        folders += [cfg.comfyui_dir / "input", loras]
+        folders += [Path(d) for d, _, _ in os.walk(loras / SAMPLES_LORA_FOLDER)]
     for path in sweep_stale_temps(folders, STALE_TEMP_AGE_S):
         log.info("removed %s: a temp file left by a write that was cut short", path)
 

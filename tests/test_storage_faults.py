@@ -263,6 +263,11 @@ def test_plasmad_sweeps_stale_temp_files_of_ours_at_start(
         raw / ".ch01_p001_v1.png.k2j3h4g5.plasma.tmp",
         chapter_folder / ".generation-log.json.q1w2e3r4.plasma.tmp",
         images / ".j_0123456789ab.png.z0x9c8v7.plasma.tmp",
+        # deeper folders of the state dir: a thumbnail, a reproduction's run
+        daemon_env.state_dir / "thumbnails" / "ab" / ".ab12.jpg.p0o9i8u7.plasma.tmp",
+        daemon_env.state_dir / "reproductions" / "ch01_p001_v1" / "r_0123" / ".run1.png.a1s2d3f4.plasma.tmp",
+        # a training's sample LoRA, copied into ComfyUI's loras/plasma-samples/<id>/
+        daemon_env.root / "ComfyUI/models/loras/plasma-samples/t_1/.s.safetensors.q9w8e7r6.plasma.tmp",
     ]
     fresh = raw / ".ch01_p002_v1.png.n3w4n3w4.plasma.tmp"  # as if being written right now
     foreign = raw / ".ch01_p003_v1.png.tmp"  # not ours
@@ -272,7 +277,7 @@ def test_plasmad_sweeps_stale_temp_files_of_ours_at_start(
         path.write_bytes(b"half a file")
     for path in [*stale, foreign]:
         os.utime(path, (old, old))
-    daemon = start_daemon()
+    daemon = start_daemon(COMFYUI_DIR=str(daemon_env.root / "ComfyUI"))
     assert [p for p in stale if p.exists()] == []
     assert fresh.exists() and foreign.exists()
     daemon.stop()

@@ -38,6 +38,7 @@ from plasmad.comfy.answers import ComfyAway
 from plasmad.comfy.client import ComfyClient
 from plasmad.core import processes
 from plasmad.core.errors import PlasmaError
+from plasmad.core.fsutil import replace_atomic
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,8 @@ class ManagedComfyUI:
             self.state = "failed"
             return None
         self._proc, self._hung = proc, None
-        await asyncio.to_thread(self.pid_path.write_text, f"{proc.pid}\n")
+        # Whole or not at all: an empty pid file after a kill -9 would hide the orphan from the next plasmad.
+        await asyncio.to_thread(replace_atomic, self.pid_path, f"{proc.pid}\n".encode())
         self._exit = asyncio.get_running_loop().create_future()
         self.started_at, self.error = _now(), None
         log.info("ComfyUI started (pid %d): %s", proc.pid, " ".join(self.argv))

@@ -119,7 +119,9 @@ class JobStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
         self._db = db
-        reader = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
+        # timeout=0: when SQLite is busy the read fails at once and is asked again through a thread
+        # (`_read`); waiting out the busy lock here would hold the event loop for up to 5 s.
+        reader = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False, timeout=0)
         reader.row_factory = sqlite3.Row
         self._reader = reader
 
