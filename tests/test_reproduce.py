@@ -123,6 +123,26 @@ async def test_the_refusals(api: Api) -> None:
     await expect_error(await api.client.get("/reproductions/..%2F..%2Fx"), 400, "id")
 
 
+async def test_a_workflow_edited_past_the_hardware_limits_is_refused_even_forced(api: Api) -> None:
+    """The stored graph runs as it is, so a hand edit (a bigger page, a batch, more steps) is
+    checked against the same limits as a request: --force skips the file check, never these."""
+    name = await make_page(api)
+    workflow_path = raw(api) / f"{name}.workflow.json"
+    workflow = json.loads(workflow_path.read_text())
+    latent = next(k for k, n in workflow.items() if n["class_type"] == "EmptyLatentImage")
+    sampler = next(k for k, n in workflow.items() if n["class_type"] == "KSampler")
+    prompts = len(api.fake.prompts)
+    for node, name_, value in ((latent, "width", 1024), (latent, "batch_size", 4), (sampler, "steps", 500)):
+        edited = json.loads(json.dumps(workflow))
+        edited[node]["inputs"][name_] = value
+        workflow_path.write_text(json.dumps(edited))
+        error = await expect_error(
+            await api.post(f"/images/{name}/reproduce", {"force": True}), 400, f"workflow.{node}.{name_}"
+        )
+        assert str(value) in error["message"]
+    assert len(api.fake.prompts) == prompts  # nothing was sent
+
+
 async def test_a_render_served_from_cache_fails_the_run(api: Api) -> None:
     """ComfyUI's history lists the nodes it served from its cache: after a clear, none may be."""
     name = await make_page(api)

@@ -7,7 +7,7 @@ benchmark) validates through `plasmad.generation.validation`, which reads these 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from plasmad.core.errors import invalid
 
@@ -116,3 +116,27 @@ def check_train_resolution(value: int, field: str = "resolution") -> None:
         raise invalid(field, f"{value} is under the minimum of {MIN_SIZE}")
     if value % SIZE_MULTIPLE:
         raise invalid(field, f"{value} is not a multiple of {SIZE_MULTIPLE}")
+
+
+def check_graph(graph: dict[str, Any], field: str = "workflow") -> None:
+    """The limits, checked on a ComfyUI graph run as it is (a reproduction of a page's
+    hand-editable `.workflow.json`): every node's batch size, size and steps, where they are plain
+    numbers. The field named is `workflow.<node>.<input>`."""
+    for node_id, node in graph.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        where = f"{field}.{node_id}"
+        batch, width, height, steps = (_number(inputs, n) for n in ("batch_size", "width", "height", "steps"))
+        if batch is not None:
+            check_batch_size(batch, f"{where}.batch_size")
+        if width is not None and height is not None:
+            check_size(width, height, where)
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            raise invalid(f"{where}.steps", f"{steps} is outside 1-{MAX_STEPS}")
+
+
+def _number(inputs: dict[str, Any], name: str) -> int | None:
+    """A node input that is a plain whole number (not a link to another node's output)."""
+    value = inputs.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from plasmad.context import Core
+from plasmad.core import limits
 from plasmad.core.errors import invalid
 from plasmad.core.jobs import Destination, FingerprintedFile, GenerationState
 from plasmad.core.states import FINISHED_STATES, JobKind, JobStatus
@@ -45,6 +46,7 @@ class ReproduceOps:
         core.check_accepting()
         params = parse(ReproduceRequest, body)
         page = await asyncio.to_thread(read_page, core.cfg.require_pipeline_dir(), params.image)
+        limits.check_graph(page.graph)  # the graph runs as it is: a hand edit must not pass the limits
         checks, files = await check_files(core, page)
         problem = refusal(page, checks)
         if problem is not None:
@@ -168,6 +170,7 @@ def _run_job(
     request = {
         "reproduce": page.name, "reproduction": record_id, "run": run, "runs": runs,
         "seed": entry.get("seed"), "checkpoint": entry.get("model"),
+        "loraId": entry.get("loraId"),  # for the worker's check that ComfyUI applied the LoRA whole
     }  # fmt: skip
     job_id = f"j_{secrets.token_hex(6)}"  # a generation job like any (plasmad.generation.ops.new_job_id)
     return Job(
