@@ -21,6 +21,7 @@ import click
 from plasmactl.context import Ctl, json_option, pass_ctl
 from plasmactl.follow import StatusLine, follow
 from plasmactl.output import Exit, bar, emit_json, fail, fail_error
+from plasmad.core import limits
 from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError
 from plasmad.core.states import JobStatus
@@ -252,14 +253,23 @@ def sheet(ctl: Ctl, dataset_dir: Path, out: Path | None) -> None:
 
 @dataset.command()
 @click.argument("dataset_dir", metavar="DATASET", type=PathArg)
-@click.option("--count", type=int, default=150, show_default=True, help="Images in the set (100-200).")
+@click.option("--count", type=int, default=limits.REG_DEFAULT_IMAGES, show_default=True,
+    help=f"Images in the set ({limits.REG_MIN_IMAGES}-{limits.REG_MAX_IMAGES}).")
 @click.option("--class", "class_name", help="The class the reg images show: 1_<class>/ (default character).")
 @click.option("--seed", type=int, help="Base seed: image i gets seed + i (default 1000).")
-@click.option("--width", type=int, help="Width (default 512, like the training images).")
-@click.option("--height", type=int, help="Height (default 512).")
-@click.option("--steps", type=int, help="Sampler steps (default 20).")
+@click.option(
+    "--width",
+    type=int,
+    help=f"Width (default {limits.DATASET_IMAGE_SIZE}, like the training images).",
+)
+@click.option("--height", type=int, help=f"Height (default {limits.DATASET_IMAGE_SIZE}).")
+@click.option("--steps", type=int, help=f"Sampler steps (default {limits.DEFAULT_STEPS}).")
 @click.option("--checkpoint", help="Base checkpoint (default: PLASMA_CHECKPOINT). Never a LoRA.")
-@click.option("--allow-small", is_flag=True, help="Allow fewer than 100 images (tests, demos).")
+@click.option(
+    "--allow-small",
+    is_flag=True,
+    help=f"Allow fewer than {limits.REG_MIN_IMAGES} images (tests, demos).",
+)
 @click.option("--no-wait", is_flag=True, help="Queue the images and print the job ids; do not follow them.")
 @json_option
 @pass_ctl

@@ -12,6 +12,7 @@ import click
 from plasmactl.context import Ctl, json_option, pass_ctl
 from plasmactl.follow import wait_job
 from plasmactl.output import Exit, emit_json, fail, table
+from plasmad.core import limits
 from plasmad.core.states import JobStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,19 +26,24 @@ def generation_options(f: F) -> F:
         click.option("--lora-strength", type=float, help="LoRA strength (default 1.0)."),
         click.option("--checkpoint", help="Checkpoint file (default: PLASMA_CHECKPOINT)."),
         click.option("--seed", type=int, help="Seed (default: drawn and recorded)."),
-        click.option("--steps", type=int, help="Sampler steps (default 20)."),
-        click.option("--cfg", type=float, help="CFG scale (default 7)."),
-        click.option("--sampler", help="Sampler (default euler_ancestral)."),
-        click.option("--scheduler", help="Scheduler (default normal)."),
-        click.option("--width", type=int, help="Width, at most 512."),
-        click.option("--height", type=int, help="Height, at most 768."),
+        click.option("--steps", type=int, help=f"Sampler steps (default {limits.DEFAULT_STEPS})."),
+        click.option("--cfg", type=float, help=f"CFG scale (default {limits.DEFAULT_CFG:g})."),
+        click.option("--sampler", help=f"Sampler (default {limits.DEFAULT_SAMPLER})."),
+        click.option("--scheduler", help=f"Scheduler (default {limits.DEFAULT_SCHEDULER})."),
+        click.option("--width", type=int, help=f"Width, at most {limits.MAX_WIDTH}."),
+        click.option("--height", type=int, help=f"Height, at most {limits.MAX_HEIGHT}."),
         click.option(
             "--pose",
             "pose_image_path",
             type=click.Path(dir_okay=False),
             help="Pose image: selects the ControlNet OpenPose workflow.",
         ),
-        click.option("--strength", "controlnet_strength", type=float, help="ControlNet strength 0.4-0.9."),
+        click.option(
+            "--strength",
+            "controlnet_strength",
+            type=float,
+            help=f"ControlNet strength {limits.CONTROLNET_STRENGTH_MIN}-{limits.CONTROLNET_STRENGTH_MAX}.",
+        ),
         click.option("--controlnet", help="ControlNet model file (default: PLASMA_CONTROLNET)."),
         click.option(
             "--init",

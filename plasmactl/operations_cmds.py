@@ -17,6 +17,7 @@ from plasmactl.client import DaemonClient, DaemonUnavailable
 from plasmactl.context import Ctl, json_option, pass_ctl
 from plasmactl.follow import wait_job
 from plasmactl.output import Exit, emit_json, fail, fail_error, table
+from plasmad.core import limits
 from plasmad.core.config import ConfigError, load_config
 from plasmad.core.errors import PlasmaError
 from plasmad.core.states import FINISHED_STATES
@@ -148,7 +149,8 @@ def _print_result(r: dict[str, Any]) -> None:
     if r.get("barApplies"):
         verdict = "PASS" if r.get("passed") else "FAIL"
         click.echo(
-            f"  INFRA-04 bar:           {verdict} (under {r['barSeconds']:.0f} s for 512x512, 20 steps)"
+            f"  INFRA-04 bar:           {verdict} (under {r['barSeconds']:.0f} s for "
+            f"{limits.BENCH_WIDTH}x{limits.BENCH_HEIGHT}, {limits.BENCH_STEPS} steps)"
         )
     else:
         click.echo(f"  INFRA-04 bar:           not judged: {r.get('note')}")
@@ -160,9 +162,13 @@ def _print_result(r: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.option("--width", type=int, help="Width (default 512: the bar's; other values are not judged).")
-@click.option("--height", type=int, help="Height (default 512).")
-@click.option("--steps", type=int, help="Sampler steps (default 20).")
+@click.option(
+    "--width",
+    type=int,
+    help=f"Width (default {limits.BENCH_WIDTH}: the bar's; other values are not judged).",
+)
+@click.option("--height", type=int, help=f"Height (default {limits.BENCH_HEIGHT}).")
+@click.option("--steps", type=int, help=f"Sampler steps (default {limits.BENCH_STEPS}).")
 @click.option("--checkpoint", help="Checkpoint (default: PLASMA_CHECKPOINT).")
 @click.option("--history", is_flag=True, help="List the recorded results instead of running one.")
 @json_option
@@ -197,7 +203,7 @@ def bench(
         return
     body: dict[str, Any] = {}
     if width is not None or height is not None:
-        body["resolution"] = {"width": width or 512, "height": height or 512}
+        body["resolution"] = {"width": width or limits.BENCH_WIDTH, "height": height or limits.BENCH_HEIGHT}
     if steps is not None:
         body["steps"] = steps
     if checkpoint is not None:

@@ -12,6 +12,7 @@ import click
 from plasmactl.context import Ctl, json_option, pass_ctl
 from plasmactl.follow import StatusLine, follow, interactive
 from plasmactl.output import Exit, bar, emit_json, fail, table
+from plasmad.core import limits
 from plasmad.core.states import ACTIVE_STATES, JobStatus
 
 
@@ -100,10 +101,29 @@ def _end(ctl: Ctl, t: dict[str, Any]) -> None:
 @click.command()
 @click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--name", "output_name", required=True, help="The LoRA's name (its file name, no suffix).")
-@click.option("--steps", type=int, help="Training steps (default 1000; 800-1200 for 15-20 images).")
-@click.option("--resolution", type=int, help="Training resolution, 64-512 (default 512; kohya: steps of 64).")
-@click.option("--batch-size", "batch_size", type=int, help="Only 1 is allowed on 16 GB (shown for clarity).")
-@click.option("--save-every", "save_every_steps", type=int, help="A checkpoint every N steps (default 200).")
+@click.option(
+    "--steps",
+    type=int,
+    help=f"Training steps (default {limits.TRAIN_DEFAULT_STEPS}; 800-1200 for 15-20 images).",
+)
+@click.option(
+    "--resolution",
+    type=int,
+    help=f"Training resolution, {limits.MIN_SIZE}-{limits.TRAIN_MAX_RESOLUTION} (default "
+    f"{limits.TRAIN_MAX_RESOLUTION}; kohya: steps of 64).",
+)
+@click.option(
+    "--batch-size",
+    "batch_size",
+    type=int,
+    help=f"Only {limits.BATCH_SIZE} is allowed on 16 GB (shown for clarity).",
+)
+@click.option(
+    "--save-every",
+    "save_every_steps",
+    type=int,
+    help=f"A checkpoint every N steps (default {limits.TRAIN_DEFAULT_SAVE_EVERY}).",
+)
 @click.option(
     "--reg",
     "reg_dataset_dir",
@@ -233,9 +253,9 @@ def lora() -> None:
 )
 @click.option("--negative", "negative_prompt", help="Negative prompt.")
 @click.option("--seed", type=int, help="Seed of the first prompt; prompt j uses seed + j (default 1234).")
-@click.option("--steps", type=int, help="Sampler steps (default 20).")
-@click.option("--width", type=int, help="Width, at most 512.")
-@click.option("--height", type=int, help="Height, at most 768.")
+@click.option("--steps", type=int, help=f"Sampler steps (default {limits.DEFAULT_STEPS}).")
+@click.option("--width", type=int, help=f"Width, at most {limits.MAX_WIDTH}.")
+@click.option("--height", type=int, help=f"Height, at most {limits.MAX_HEIGHT}.")
 @click.option("--strength", "lora_strength", type=float, help="LoRA strength (default 1.0).")
 @click.option("--base", "include_base", is_flag=True, help="Add a row without the LoRA, to compare.")
 @click.option("--no-wait", "no_wait", is_flag=True, help="Queue the images and return.")

@@ -45,6 +45,7 @@ TRAIN_MAX_STEPS: Final = 20000
 TRAIN_DEFAULT_SAVE_EVERY: Final = 200
 TRAIN_DEFAULT_NETWORK_DIM: Final = 32
 TRAIN_DEFAULT_NETWORK_ALPHA: Final = 16
+TRAIN_MAX_NETWORK_DIM: Final = 256  # the LoRA's rank (and alpha): beyond this, memory for nothing
 TRAIN_DEFAULT_LEARNING_RATE: Final = 1e-4
 TRAININGS_AT_ONCE: Final = 1
 # Generation and training never run at once: there is one GPU lock (plasmad.core.gpu_lock).
@@ -55,6 +56,13 @@ DATASET_MIN_IMAGES: Final = 15
 DATASET_MAX_UPSCALE: Final = 2.0
 REG_MIN_IMAGES: Final = 100
 REG_MAX_IMAGES: Final = 200
+REG_DEFAULT_IMAGES: Final = 150
+
+# The benchmark's bar (INFRA-04) is defined for this page; its sampler, scheduler and CFG are the
+# generation defaults above.
+BENCH_WIDTH: Final = 512
+BENCH_HEIGHT: Final = 512
+BENCH_STEPS: Final = 20
 
 
 # --- the checks every entry point runs (a 400 naming the field) -------------------------------------

@@ -47,12 +47,8 @@ from plasmad.core.wire import (
 
 log = logging.getLogger(__name__)
 
-# INFRA-04's bar and the settings it is defined for; its sampler, scheduler and CFG are the
-# generation defaults (limits.DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_CFG).
+# INFRA-04's bar; the page it is defined for is limits.BENCH_WIDTH x BENCH_HEIGHT, BENCH_STEPS.
 BAR_SECONDS: Final = 120.0
-BAR_WIDTH: Final = 512
-BAR_HEIGHT: Final = 512
-BAR_STEPS: Final = 20
 PROMPT: Final = "1girl, manga style, full body, standing on a rooftop, city at night, detailed"
 NEGATIVE: Final = "lowres, bad anatomy, blurry"
 FILE_NAME: Final = "bench.jsonl"
@@ -60,14 +56,15 @@ POLL_S: Final = 0.5
 
 
 def bar_applies(width: int, height: int, steps: int) -> bool:
-    return (width, height, steps) == (BAR_WIDTH, BAR_HEIGHT, BAR_STEPS)
+    return (width, height, steps) == (limits.BENCH_WIDTH, limits.BENCH_HEIGHT, limits.BENCH_STEPS)
 
 
 def bar_note(width: int, height: int, steps: int) -> str | None:
     if bar_applies(width, height, steps):
         return None
     return (
-        f"the {BAR_SECONDS / 60:.0f}-minute bar is defined for {BAR_WIDTH}x{BAR_HEIGHT}, {BAR_STEPS} steps; "
+        f"the {BAR_SECONDS / 60:.0f}-minute bar is defined for "
+        f"{limits.BENCH_WIDTH}x{limits.BENCH_HEIGHT}, {limits.BENCH_STEPS} steps; "
         f"this run used {width}x{height}, {steps} steps, so it is not judged"
     )
 

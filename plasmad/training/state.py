@@ -106,7 +106,8 @@ class TrainingState(StateModel):
     checkpoint_path: Path
     #: From the dataset check and the trainer's preflight.
     warnings: list[str] = Field(default_factory=list)
-    #: What the backend's `prepare` decided (mixed precision...).
+    #: What the backend's `prepare` decided (mixed precision...): the backend's own model dumped
+    #: (KohyaSettings, ComfyTrainerSettings), read back by it; shown as it is.
     settings: dict[str, Any] = Field(default_factory=dict)
     # Written while it runs.
     total: int | None = None
@@ -115,7 +116,8 @@ class TrainingState(StateModel):
     sec_per_step: float | None = None
     eta_seconds: float | None = None
     announced: list[Announced] = Field(default_factory=list)
-    #: Facts the backend's `abandon` needs after a crash (an output folder, a prompt id).
+    #: Facts the backend's `abandon` needs after a crash (an output folder, a prompt id): the
+    #: backend's own model (comfy_trainer.RunFacts), read back by it.
     run: dict[str, Any] = Field(default_factory=dict)
     # Written when it ends, and after.
     outcome: EndKind | None = None

@@ -12,7 +12,7 @@ class DatasetRegRequest(WireModel):
     """POST /datasets/reg, JSON-RPC `dataset_reg`: the regularisation set of a dataset (DATA-03)."""
 
     dataset_dir: PathText  #: absolute; the images go to `<dataset>-reg/1_<class>/`
-    count: int = 150
+    count: int = limits.REG_DEFAULT_IMAGES
     class_name: Name | None = None  #: default "character" (plasmad.dataset.REG_DEFAULT_CLASS)
     seed: int | None = Field(default=None, ge=0, le=limits.MAX_SEED)  #: item i gets seed + i; default 1000
     width: int = limits.DATASET_IMAGE_SIZE

@@ -131,8 +131,8 @@ class DoctorView(ViewModel):
 class BenchRequest(WireModel):
     """POST /bench, JSON-RPC `bench` (INFRA-04). The bar is defined for the defaults only."""
 
-    resolution: Resolution = Resolution(width=512, height=512)
-    steps: int = Field(default=20, ge=1, le=limits.MAX_STEPS)
+    resolution: Resolution = Resolution(width=limits.BENCH_WIDTH, height=limits.BENCH_HEIGHT)
+    steps: int = Field(default=limits.BENCH_STEPS, ge=1, le=limits.MAX_STEPS)
     checkpoint: Name | None = None  #: default: PLASMA_CHECKPOINT
 
 

@@ -33,7 +33,7 @@ class TrainRequest(WireModel):
     dataset_dir: PathText
     output_name: str = Field(min_length=1, max_length=100)
     steps: int = Field(default=limits.TRAIN_DEFAULT_STEPS, ge=1, le=limits.TRAIN_MAX_STEPS)
-    resolution: int = Field(default=limits.TRAIN_MAX_RESOLUTION, ge=64)
+    resolution: int = Field(default=limits.TRAIN_MAX_RESOLUTION, ge=limits.MIN_SIZE)
     batch_size: int = Field(
         default=limits.BATCH_SIZE,
         validation_alias=AliasChoices("batch_size", "batchSize"),
@@ -42,8 +42,10 @@ class TrainRequest(WireModel):
     save_every_steps: int = Field(default=limits.TRAIN_DEFAULT_SAVE_EVERY, ge=1, le=limits.TRAIN_MAX_STEPS)
     reg_dataset_dir: PathText | None = None
     learning_rate: float = Field(default=limits.TRAIN_DEFAULT_LEARNING_RATE, gt=0, le=1)
-    network_dim: int = Field(default=limits.TRAIN_DEFAULT_NETWORK_DIM, ge=1, le=256)
-    network_alpha: float = Field(default=limits.TRAIN_DEFAULT_NETWORK_ALPHA, gt=0, le=256)
+    network_dim: int = Field(default=limits.TRAIN_DEFAULT_NETWORK_DIM, ge=1, le=limits.TRAIN_MAX_NETWORK_DIM)
+    network_alpha: float = Field(
+        default=limits.TRAIN_DEFAULT_NETWORK_ALPHA, gt=0, le=limits.TRAIN_MAX_NETWORK_DIM
+    )
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
     check_folders = field_validator("dataset_dir", "reg_dataset_dir")(not_the_root)

@@ -49,6 +49,7 @@ from plasmad.comfy.templates import Template, TemplateError, load_template
 from plasmad.core.appender import Appender
 from plasmad.core.config import Config
 from plasmad.core.errors import ErrorCode, PlasmaError, invalid, not_configured
+from plasmad.core.jobs import StateModel
 from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
 from plasmad.training.comfy_trainer.convert import kohya_metadata, to_kohya, unet_shapes
 from plasmad.training.comfy_trainer.staging import (
@@ -85,6 +86,24 @@ def saves_step_file(end: int, total: int, every: int) -> bool:
 def training_dtype(unet_dtype: str) -> str:
     """fp32 where the UNet runs at fp32 (a CPU: PLASMA_UNET_DTYPE, or auto on a CPU-only ComfyUI)."""
     return "fp32" if unet_dtype == "fp32" else "bf16"
+
+
+class ComfyTrainerSettings(StateModel):
+    """What `prepare` decided, stored with the job (the training's `settings`) and read by `run`."""
+
+    training_dtype: str  #: the precision the trainer node computes and keeps the LoRA in
+    rank: int
+
+
+class RunFacts(StateModel):
+    """What `abandon` needs after a crash, stored with the job as the run goes (the `run` key)."""
+
+    prompt_id: str | None = None  #: the chunk's prompt in ComfyUI, to interrupt
+    comfy_folders: dict[str, str] | None = None  #: our scratch folders in ComfyUI's, to remove
+
+    def dump_set(self) -> dict[str, Any]:
+        """Only what was given: each report adds to what is stored, it does not clear the rest."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class ComfyTrainer:
@@ -134,8 +153,8 @@ class ComfyTrainer:
                 "NO GPU: ComfyUI runs on the CPU, so training is about 10x slower or worse (hours become "
                 "days). Start ComfyUI on the Apple GPU (mps) for real trainings."
             )
-        settings = {"trainingDtype": self._training_dtype(), "rank": spec.network_dim}
-        return Prepared(settings=settings, warnings=warnings)
+        settings = ComfyTrainerSettings(training_dtype=self._training_dtype(), rank=spec.network_dim)
+        return Prepared(settings=settings.dump(), warnings=warnings)
 
     def _training_dtype(self) -> str:
         return training_dtype(self._monitor.unet_dtype(self._cfg.unet_dtype).value)
@@ -150,7 +169,7 @@ class ComfyTrainer:
 
     async def run(self, spec: TrainSpec, events: TrainEvents, stop: asyncio.Event) -> Outcome:
         folders = await self._folders(spec.training_id)
-        await events.started({"comfyFolders": {k: str(v) for k, v in folders.items()}})
+        await events.started(RunFacts(comfy_folders={k: str(v) for k, v in folders.items()}).dump_set())
         logger = _RunLog(spec.log_path)
         try:
             return await self._run(spec, events, stop, folders, logger)
@@ -179,7 +198,7 @@ class ComfyTrainer:
             prefix = f"{OWN_FOLDER}/{spec.training_id}/{spec.output_name}-{end:08d}-{secrets.token_hex(3)}"
             graph = self._chunk_graph(template, spec, number, end - done, existing, prefix)
             prompt_id = str(uuid.uuid4())
-            await events.started({"promptId": prompt_id})
+            await events.started(RunFacts(prompt_id=prompt_id).dump_set())
             logger.line(f"chunk {number}/{len(ends)}: steps {done + 1}-{end} (ComfyUI prompt {prompt_id})")
             failed = await self._run_chunk(graph, prompt_id, end - done, done, meter, events, stop)
             if failed is not None:
@@ -201,6 +220,7 @@ class ComfyTrainer:
         self, template: Template, spec: TrainSpec, number: int, steps: int, existing: str, prefix: str
     ) -> dict[str, Any]:
         """The graph of chunk `number`: `steps` more steps, from the LoRA `existing` ("[None]": new)."""
+        dtype = ComfyTrainerSettings.model_validate(spec.settings).training_dtype
         return template.fill(
             {
                 "checkpoint_name": spec.checkpoint,
@@ -209,8 +229,8 @@ class ComfyTrainer:
                 "learning_rate": spec.learning_rate,
                 "rank": spec.network_dim,
                 "seed": spec.seed + number - 1,  # a new noise stream per chunk, reproducibly
-                "training_dtype": spec.settings.get("trainingDtype", self._training_dtype()),
-                "lora_dtype": spec.settings.get("trainingDtype", self._training_dtype()),
+                "training_dtype": dtype,
+                "lora_dtype": dtype,
                 "existing_lora": existing,
                 "filename_prefix": prefix,
             }
@@ -269,15 +289,14 @@ class ComfyTrainer:
 
     async def abandon(self, spec: TrainSpec, state: dict[str, Any]) -> None:
         """The daemon died mid-chunk: the prompt may still run in ComfyUI. Stop it, drop our files."""
-        prompt_id = state.get("promptId")
-        if isinstance(prompt_id, str) and prompt_id:
+        facts = RunFacts.model_validate(state)
+        if prompt_id := facts.prompt_id:
             try:
                 await self._comfy.interrupt(prompt_id)
             except PlasmaError as exc:
                 log.warning("training %s: cannot interrupt prompt %s: %s", spec.training_id, prompt_id, exc)
-        folders = state.get("comfyFolders")
-        if isinstance(folders, dict):
-            paths = {k: Path(v) for k, v in folders.items() if isinstance(v, str)}
+        if facts.comfy_folders:
+            paths = {k: Path(v) for k, v in facts.comfy_folders.items()}
             await asyncio.to_thread(remove_folders, paths)
 
 

@@ -17,6 +17,7 @@ from plasmad.comfy.modelfiles import safetensors_complete
 from plasmad.core import processes
 from plasmad.core.config import Config
 from plasmad.core.errors import PlasmaError, not_configured
+from plasmad.core.jobs import StateModel
 from plasmad.training.backend import Outcome, Prepared, TrainEvents, TrainProgress, TrainSpec
 from plasmad.training.kohya.command import (
     BUCKET_STEP,
@@ -28,13 +29,23 @@ from plasmad.training.kohya.command import (
 )
 from plasmad.training.kohya.outcome import classify_outcome, oom_advice
 from plasmad.training.kohya.output import CheckpointSaved, Event, Progress
-from plasmad.training.kohya.preflight import preflight
+from plasmad.training.kohya.preflight import Device, preflight
 from plasmad.training.kohya.runner import run_kohya
 
 log = logging.getLogger(__name__)
 
 TERM_TIMEOUT_S = 10.0  #: a cancelled kohya gets this long after SIGTERM before SIGKILL
 
+
+
+class KohyaSettings(StateModel):
+    """What `prepare` decided, stored with the job (the training's `settings`) and read by `run`."""
+
+    mixed_precision: MixedPrecision
+    device: Device | None
+    torch: str | None
+    accelerate: str | None
+    trained_resolution: int  #: the bucket kohya trains at
 
 class KohyaTrainer:
     name = "kohya"
@@ -50,13 +61,13 @@ class KohyaTrainer:
         report = await preflight(self._python, self._script, self._extra)
         report.raise_for_errors()
         side = trained_resolution(spec.resolution)
-        settings = {
-            "mixedPrecision": report.mixed_precision,
-            "device": report.device,
-            "torch": report.torch_version,
-            "accelerate": report.accelerate_version,
-            "trainedResolution": side,
-        }
+        settings = KohyaSettings(
+            mixed_precision=report.mixed_precision,
+            device=report.device,
+            torch=report.torch_version,
+            accelerate=report.accelerate_version,
+            trained_resolution=side,
+        ).dump()
         warnings = [f"kohya: {w}" for w in report.warnings]
         if side != spec.resolution:
             warnings.append(
@@ -92,10 +103,8 @@ class KohyaTrainer:
         )
 
     async def run(self, spec: TrainSpec, events: TrainEvents, stop: asyncio.Event) -> Outcome:
-        precision = spec.settings.get("mixedPrecision", "no")
-        argv, env = build_command(
-            self._python, self._script, self._params(spec, "fp16" if precision == "fp16" else "no")
-        )
+        settings = KohyaSettings.model_validate(spec.settings)
+        argv, env = build_command(self._python, self._script, self._params(spec, settings.mixed_precision))
         await events.started({"outputDir": str(spec.output_dir)})
 
         async def on_event(event: Event) -> None:
