@@ -107,3 +107,19 @@ def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(start_daemon: Any) 
     daemon.stop()
     text = daemon.log.read_text()
     assert "Traceback" not in text and " ERROR " not in text, text
+
+
+def test_a_request_aiohttp_cannot_parse_is_a_400_and_one_log_line(start_daemon: Any) -> None:
+    """A URL over aiohttp's 8 KB line limit never reaches our code: aiohttp answers 400 itself (plain
+    text: its own answer), and plasmad logs one line, not a traceback."""
+    daemon = start_daemon()
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.sendall(b"GET /jobs/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = sock.recv(200)
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
+    status, _ = daemon.http("GET", "/jobs")  # still serving
+    assert status == 200
+    daemon.stop()
+    text = daemon.log.read_text()
+    assert "Traceback" not in text and " ERROR " not in text, text
+    assert "refused with 400: Got more than 8190 bytes" in text

@@ -14,6 +14,8 @@ import queue
 import sys
 from pathlib import Path
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from plasmad.core.job_logs import JobFileHandler, JobTagFilter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,8 +43,24 @@ def setup_logging(logs_dir: Path, level: str = "INFO") -> logging.handlers.Queue
     root.addHandler(queue_handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(UnparsableRequests())
     listener = logging.handlers.QueueListener(
         records, file_handler, stream_handler, job_handler, respect_handler_level=True
     )
     listener.start()
     return listener
+
+
+class UnparsableRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a URL over 8 KB, a broken header line) with a 400
+    before any of our code sees it, and logs that at ERROR with a traceback: a client's bad input,
+    not a fault of ours. One line at INFO says it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            said = exc.message if len(exc.message) <= 160 else exc.message[:160] + "..."
+            record.msg, record.args = f"{record.getMessage()}: refused with {exc.code}: %s", (said,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
