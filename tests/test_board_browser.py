@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.fake_kohya_python import FAKE_KOHYA, write_fake_python
-from tests.support.processes import DEMO_LORA, ComfyServer, DaemonProcess, free_port
+from tests.support.processes import DEMO_LORA, ComfyServer, DaemonProcess, free_port, remove_from_comfyui
 from tests.support.training import make_dataset
 
 pytestmark = pytest.mark.comfyui
@@ -111,15 +111,7 @@ def comfy_cleanup(comfyui: ComfyServer) -> Iterator[list[Path]]:
     """Files a test puts in the shared demo ComfyUI (a promoted LoRA, sample copies): removed after."""
     paths: list[Path] = []
     yield paths
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    try:
-        (comfyui.dir / "models" / "loras" / "plasma-samples").rmdir()
-    except OSError:
-        pass  # another training's samples are still there
+    remove_from_comfyui(comfyui, paths)
 
 
 def generate(daemon: DaemonProcess, **body: Any) -> dict[str, Any]:

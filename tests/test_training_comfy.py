@@ -8,7 +8,6 @@ ComfyUI's folders (the promoted LoRA, the sample copies) is removed afterwards.
 from __future__ import annotations
 
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 from plasmad.comfy import modelfiles
-from tests.support.processes import ComfyServer, DaemonProcess
+from tests.support.processes import ComfyServer, DaemonProcess, remove_from_comfyui
 from tests.support.training import NAME, STEP_FILES, make_dataset
 
 pytestmark = pytest.mark.comfyui
@@ -43,17 +42,7 @@ def cleanup(comfyui: ComfyServer) -> Iterator[list[Path]]:
     """Paths in the demo ComfyUI to remove after the test, whatever happened."""
     paths: list[Path] = []
     yield paths
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    for own in ("plasma-samples", "plasma-train"):
-        for root in (comfyui.dir / "models" / "loras", comfyui.dir / "input"):
-            try:
-                (root / own).rmdir()
-            except OSError:
-                pass
+    remove_from_comfyui(comfyui, paths)
 
 
 def test_train_sample_promote_generate(

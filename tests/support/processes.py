@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,3 +167,19 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+
+
+def remove_from_comfyui(comfyui: ComfyServer, paths: list[Path]) -> None:
+    """Remove what a test put in the shared demo ComfyUI (promoted LoRAs, sample copies, staged
+    training images), then plasmad's own folders there if they are left empty."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    for own in ("plasma-samples", "plasma-train"):
+        for root in (comfyui.dir / "models" / "loras", comfyui.dir / "input"):
+            try:
+                (root / own).rmdir()
+            except OSError:
+                pass  # another test's files are still there
